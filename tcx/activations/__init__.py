@@ -1,0 +1,1 @@
+"""Activations of the hooked layer, streamed in shuffled batches."""

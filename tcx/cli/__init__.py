@@ -1,0 +1,1 @@
+"""Command-line entry points: thin Hydra apps that call into the package."""

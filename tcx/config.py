@@ -1,0 +1,132 @@
+"""Structured configs: the schema Hydra validates at compose time, and the builder for group nodes.
+
+Two kinds of config live in `conf/`:
+
+* The primary config (`conf/train.yaml`) and the `trainer` group are typed by `TrainConfig` and
+  `TrainerConfig` below, registered in Hydra's ConfigStore: a misspelt key or a wrong type fails at
+  compose time with the key's name.
+* The `model`, `data` and `dictionary` groups are open: each YAML names its config dataclass with
+  `_target_`, so a new kind is one module plus one YAML with no registry to edit. `build_node`
+  checks such a node against its dataclass (unknown keys, types, `__post_init__` rules) before any
+  work starts, and reports the offending key under its full path (`dictionary.l1_coeff`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import get_class
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from tcx.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class TrainerConfig:
+    """How long and how fast to train; everything about the optimisation loop except the lr."""
+
+    max_tokens: int = 2_000_000
+    """Training tokens (activation rows) seen by every dictionary."""
+    batch_size: int = 4096
+    """Activation rows per optimiser step (global, across processes)."""
+    buffer_tokens: int = 65_536
+    """Activations are shuffled within chunks of this many tokens (rounded up to whole batches)."""
+    model_batch_size: int = 32
+    """Context windows per forward pass of the language model."""
+    lr_warmup_steps: int = 200
+    lr_decay_fraction: float = 0.2
+    """Final fraction of steps over which the lr decays linearly to zero."""
+    sparsity_warmup_fraction: float = 0.05
+    """Fraction of steps over which the sparsity penalty ramps from 0 to its full coefficient."""
+    dead_window_tokens: int = 1_000_000
+    """A feature that has not fired in this many tokens counts as dead."""
+    checkpoint_every_n_steps: int = 100
+    log_every_n_steps: int = 10
+    metrics_window_steps: int = 20
+    """Final training metrics (metrics.json) average the last this many steps."""
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    model_dtype: str = "float32"
+    """dtype of the language model's forward pass (bfloat16 on a GPU halves its cost)."""
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "batch_size", "buffer_tokens", "model_batch_size",
+                     "checkpoint_every_n_steps", "log_every_n_steps", "metrics_window_steps",
+                     "dead_window_tokens"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"trainer.{name} must be positive, got {getattr(self, name)}.")
+        if self.max_tokens < self.batch_size:
+            raise ConfigError(f"trainer.max_tokens ({self.max_tokens}) is smaller than one batch "
+                              f"(trainer.batch_size={self.batch_size}).")
+        for name in ("lr_decay_fraction", "sparsity_warmup_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"trainer.{name} must lie in [0, 1], got {getattr(self, name)}.")
+
+    @property
+    def max_steps(self) -> int:
+        return self.max_tokens // self.batch_size
+
+
+@dataclass
+class TrainConfig:
+    """The primary config of `tcx-train`."""
+
+    model: Any = MISSING
+    layer: int = MISSING
+    dictionary: Any = MISSING
+    bank: list[Any] = field(default_factory=list)
+    """Extra members trained beside each other from one pass of the model: each entry overrides
+    keys of `dictionary` (and may carry a `name`). Empty: train `dictionary` alone."""
+    data: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: Any = None
+    optimizer: Any = MISSING
+    lr: float = 4e-4
+    seed: int = 0
+    cache_dir: str = MISSING
+    """Where tokenised corpora are cached between runs."""
+    run_name: str = MISSING
+    tags: list[str] = field(default_factory=list)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+
+
+def build_node(node: DictConfig | dict, key: str, **extra: Any) -> Any:
+    """Validate a `_target_` node against its config dataclass and return the instance.
+
+    `key` is the node's path in the whole config, used in error messages.
+    """
+    node = OmegaConf.create(node) if isinstance(node, dict) else node
+    if node is None or "_target_" not in node:
+        raise ConfigError(f"{key} has no `_target_`: every {key.split('.')[0]} config names the "
+                          "dataclass it configures (see conf/ for examples).")
+    target = node["_target_"]
+    try:
+        cls = get_class(target)
+    except Exception as e:  # noqa: BLE001 - hydra raises several types for a bad path
+        raise ConfigError(f"{key}._target_: cannot import '{target}' ({e}).") from None
+    values = OmegaConf.to_container(node, resolve=True)
+    values.pop("_target_")
+    values.update(extra)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), values)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        where = f"{key}.{e.full_key}" if getattr(e, "full_key", None) else key
+        raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: {e}") from None

@@ -1,0 +1,1 @@
+"""Text corpora (`conf/data/*.yaml`) and their tokenisation into fixed-length context windows."""

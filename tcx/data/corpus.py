@@ -1,0 +1,123 @@
+"""Corpus specs: where the text comes from. Each yields documents in a fixed order, so the first N
+windows of a corpus are the same whatever N is (the token cache and the held-out split rely on it)."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import MISSING
+
+from tcx.errors import ConfigError, CorpusError
+
+
+@dataclass(kw_only=True)
+class Corpus:
+    name: str = MISSING
+    holdout_every: int = 20
+    """Every this-many-th window is held out for evaluation and never trained on (5%)."""
+
+    def __post_init__(self) -> None:
+        if self.holdout_every < 2:
+            raise ConfigError(f"data.holdout_every must be at least 2, got {self.holdout_every}.")
+
+    def documents(self) -> Iterator[str]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """Identifies the text (not the tokenisation) for the token cache."""
+        fields = {k: v for k, v in vars(self).items() if k != "holdout_every"}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(kw_only=True)
+class PythonDocs(Corpus):
+    """Docstrings of the Python standard library, then of installed packages: text every machine
+    with Python has, no download needed."""
+
+    site_packages: bool = True
+    min_chars: int = 40
+
+    def documents(self) -> Iterator[str]:
+        from tcx.data.docstrings import iter_docstrings
+
+        yield from iter_docstrings(self.site_packages, self.min_chars)
+
+    def fingerprint(self) -> str:
+        import sys
+
+        return hashlib.sha256(f"{super().fingerprint()}|{sys.version}|{sys.prefix}".encode()
+                              ).hexdigest()[:16]
+
+
+@dataclass(kw_only=True)
+class TextFiles(Corpus):
+    """Local files by glob: .txt (one document per file), .jsonl and .parquet (`text_field`)."""
+
+    paths: list[str] = field(default_factory=list)
+    text_field: str = "text"
+
+    def files(self) -> list[Path]:
+        if not self.paths:
+            raise CorpusError("data.paths is empty: give one or more globs, e.g. "
+                              "data.paths='[/data/*.txt]'.")
+        found = sorted({Path(p) for pattern in self.paths for p in glob.glob(pattern, recursive=True)})
+        if not found:
+            raise CorpusError(f"data.paths {self.paths} matches no file (checked from {Path.cwd()}).")
+        bad = [p for p in found if p.suffix not in {".txt", ".jsonl", ".parquet"}]
+        if bad:
+            raise CorpusError(f"data.paths matched {bad[0]}: only .txt, .jsonl and .parquet are read.")
+        return found
+
+    def documents(self) -> Iterator[str]:
+        for path in self.files():
+            if path.suffix == ".txt":
+                yield path.read_text(errors="replace")
+            elif path.suffix == ".jsonl":
+                with open(path) as f:
+                    for i, line in enumerate(f):
+                        if line.strip():
+                            yield self._field(json.loads(line), path, i)
+            else:
+                import pyarrow.parquet as pq
+
+                table = pq.read_table(path)
+                if self.text_field not in table.column_names:
+                    raise CorpusError(f"{path} has no column '{self.text_field}' (data.text_field); "
+                                      f"columns: {table.column_names}.")
+                yield from table.column(self.text_field).to_pylist()
+
+    def _field(self, record: dict, path: Path, line: int) -> str:
+        if self.text_field not in record:
+            raise CorpusError(f"{path}:{line + 1} has no field '{self.text_field}' (data.text_field).")
+        return record[self.text_field]
+
+    def fingerprint(self) -> str:
+        stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in self.files()]
+        return hashlib.sha256(f"{super().fingerprint()}|{stats}".encode()).hexdigest()[:16]
+
+
+@dataclass(kw_only=True)
+class HFDataset(Corpus):
+    """A Hugging Face dataset by name, streamed (needs a network)."""
+
+    path: str = MISSING
+    subset: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+
+    def documents(self) -> Iterator[str]:
+        import datasets
+
+        try:
+            stream = datasets.load_dataset(self.path, self.subset, split=self.split, streaming=True)
+            for record in stream:
+                yield record[self.text_field]
+        except (OSError, ConnectionError, ValueError) as e:
+            raise CorpusError(f"data={self.name}: cannot stream dataset '{self.path}' "
+                              f"({str(e).splitlines()[0]}). Without a network use data=python-docs "
+                              "or local files (data=text-files data.paths=...).") from None

@@ -1,0 +1,89 @@
+"""What every dictionary kind shares: its config fields, parameters, and the output of a step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from tcx.errors import ConfigError
+
+
+class StepOutput(NamedTuple):
+    y: Float[Tensor, "batch d_out"]
+    z: Float[Tensor, "batch d_sae"]
+    loss: Float[Tensor, ""]
+    """What the optimiser minimises: mse + sparsity_scale * coefficient * sparsity."""
+    mse: Float[Tensor, ""]
+    """Squared error summed over output dims, averaged over rows."""
+    sparsity: Float[Tensor, ""]
+    """The unweighted sparsity penalty (0 for kinds that have none)."""
+
+
+@dataclass(kw_only=True)
+class DictionaryConfig:
+    input_site: str = "mlp_in"
+    """Model site the dictionary reads (mlp_in for a transcoder)."""
+    target_site: str = "mlp_out"
+    """Model site it reconstructs: mlp_out for a transcoder; for an SAE, the same as input_site."""
+    expansion_factor: float = 8.0
+    d_sae: int | None = None
+    """Number of features; overrides expansion_factor (d_sae = expansion_factor * d_in)."""
+
+    def __post_init__(self) -> None:
+        if self.expansion_factor <= 0:
+            raise ConfigError(f"dictionary.expansion_factor must be positive, got {self.expansion_factor}.")
+        if self.d_sae is not None and self.d_sae <= 0:
+            raise ConfigError(f"dictionary.d_sae must be a positive integer, got {self.d_sae}.")
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.input_site != self.target_site
+
+    def width(self, d_in: int) -> int:
+        return self.d_sae if self.d_sae is not None else max(1, round(self.expansion_factor * d_in))
+
+    def build(self, d_in: int, d_out: int, seed: int = 0) -> Dictionary:
+        raise NotImplementedError
+
+
+class Dictionary(nn.Module):
+    """`z = f(x)`, `y = z @ W_dec + b_dec`. Subclasses define `encode` and `forward`'s loss."""
+
+    def __init__(self, cfg: DictionaryConfig, d_in: int, d_out: int, seed: int = 0):
+        super().__init__()
+        self.cfg, self.d_in, self.d_out = cfg, d_in, d_out
+        self.d_sae = cfg.width(d_in)
+        gen = torch.Generator().manual_seed(seed)
+        # Decoder rows: random directions of norm 0.1; encoder starts as the decoder's transpose
+        # where shapes allow (Anthropic, "Circuits Updates", April 2024), else the same scale.
+        W_dec = torch.randn(self.d_sae, d_out, generator=gen)
+        W_dec = 0.1 * W_dec / W_dec.norm(dim=1, keepdim=True)
+        W_enc = W_dec.T.clone() if d_in == d_out else 0.1 * torch.randn(
+            d_in, self.d_sae, generator=gen) / d_in**0.5
+        self.W_enc = nn.Parameter(W_enc.contiguous())  # [d_in, d_sae]
+        self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
+        self.W_dec = nn.Parameter(W_dec)  # [d_sae, d_out]
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+
+    def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        raise NotImplementedError
+
+    def decode(self, z: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_out"]:
+        return z @ self.W_dec + self.b_dec
+
+    @torch.no_grad()
+    def init_decoder_bias(self, target_mean: Float[Tensor, " d_out"]) -> None:
+        """Start b_dec at the mean target, so the features only explain deviations from it."""
+        self.b_dec.copy_(target_mean)
+
+    def forward(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
+                sparsity_scale: float = 1.0) -> StepOutput:
+        raise NotImplementedError
+
+
+def squared_error(y: Tensor, target: Tensor) -> Tensor:
+    return (y - target).pow(2).sum(-1).mean()

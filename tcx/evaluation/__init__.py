@@ -1,0 +1,1 @@
+"""Measuring dictionaries: sparsity and reconstruction metrics."""

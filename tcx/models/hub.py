@@ -1,0 +1,38 @@
+"""Real models from the Hugging Face hub (gpt2, pythia, ...) or a local copy of one."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from tcx.errors import ModelLoadError
+from tcx.models.bridge import bridge_classes
+from tcx.models.lm import LanguageModel
+from tcx.models.spec import ModelSpec
+
+
+def boot(path: str, spec: ModelSpec, device: str, dtype: str, revision: str | None = None
+         ) -> LanguageModel:
+    TransformerBridge, _ = bridge_classes()
+    kwargs = {"revision": revision} if revision else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = TransformerBridge.boot_transformers(path, device=device, dtype=getattr(torch, dtype),
+                                                     **kwargs)
+    return LanguageModel(bridge, spec, bridge.tokenizer)
+
+
+def load_hub(spec, device: str, dtype: str) -> LanguageModel:
+    try:
+        return boot(spec.path, spec, device, dtype, spec.revision)
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(e).lower()
+        why = ("the Hugging Face hub cannot be reached (no network, or HF_HUB_OFFLINE=1) and the "
+               "model is not in the local cache" if offline else str(e).splitlines()[0])
+        raise ModelLoadError(
+            f"model={spec.name}: could not load '{spec.path}': {why}. Download it once on a machine "
+            "with a network (it is then cached), set model.path to a local copy, or use the "
+            "embedded default that needs no network: model=minilm."
+        ) from None

@@ -1,0 +1,89 @@
+"""`LanguageModel`: a TransformerBridge with its tokenizer, run only as far as the hooks need."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tcx.errors import ConfigError
+from tcx.models.spec import ModelSpec
+
+
+class _StopForward(Exception):
+    """Raised from a hook once every requested activation is captured: the rest of the model
+    (later layers, and for MiniLM a 30k-vocab head) never runs. 4x faster on MiniLM layer 3."""
+
+
+class LanguageModel:
+    def __init__(self, bridge: Any, spec: ModelSpec, tokenizer: Any):
+        self.bridge = bridge.eval()
+        self.spec = spec
+        self.tokenizer = tokenizer
+        if hasattr(tokenizer, "model_max_length"):  # we chunk long documents ourselves: no warning
+            tokenizer.model_max_length = 1 << 30
+
+    # -- tokens -------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` with no special tokens."""
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def special_ids(self, attr: str | None) -> list[int]:
+        if attr is None:
+            return []
+        value = getattr(self.tokenizer, attr, None)
+        if value is None:
+            raise ConfigError(f"model.{attr}: the tokenizer of {self.spec.name} has no '{attr}'.")
+        return [int(value)]
+
+    @property
+    def prefix_ids(self) -> list[int]:
+        return self.special_ids(self.spec.prefix_token)
+
+    @property
+    def suffix_ids(self) -> list[int]:
+        return self.special_ids(self.spec.suffix_token)
+
+    # -- hooks --------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.bridge.parameters()).device
+
+    def hook_name(self, site: str, layer: int) -> str:
+        name = self.spec.hook(site, layer)
+        if name not in self.bridge.hook_dict:
+            near = difflib.get_close_matches(name, list(self.bridge.hook_dict), n=3)
+            raise ConfigError(f"model.sites.{site}: hookpoint '{name}' does not exist in "
+                              f"{self.spec.name}" + (f"; did you mean {near}?" if near else "."))
+        return name
+
+    @torch.inference_mode()
+    def run_to(self, tokens: Int[Tensor, "batch pos"], hooks: Sequence[str]
+               ) -> dict[str, Float[Tensor, "batch pos d"]]:
+        """Activations at `hooks`, stopping the forward pass as soon as all are captured."""
+        hooks = list(dict.fromkeys(hooks))
+        cache: dict[str, Tensor] = {}
+
+        def save(act: Tensor, hook: Any, name: str) -> Tensor:
+            cache[name] = act.detach()
+            if len(cache) == len(hooks):
+                raise _StopForward
+            return act
+
+        fwd = [(h, functools.partial(save, name=h)) for h in hooks]
+        try:
+            with self.bridge.hooks(fwd_hooks=fwd):
+                self.bridge(tokens.to(self.device), return_type=None)
+        except _StopForward:
+            pass
+        return cache
+
+    def run_with_hooks(self, tokens: Int[Tensor, "batch pos"],
+                       hooks: Sequence[tuple[str, Callable]], **kwargs: Any) -> Any:
+        with self.bridge.hooks(fwd_hooks=list(hooks)):
+            return self.bridge(tokens.to(self.device), **kwargs)

@@ -1,0 +1,31 @@
+"""Tiny seeded models built from a config (`TransformerBridge.boot_native`), with a byte tokenizer."""
+
+from __future__ import annotations
+
+import torch
+
+from tcx.models.bridge import bridge_classes
+from tcx.models.lm import LanguageModel
+from tcx.models.spec import NativeModelSpec
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids; 256 opens a window (bos) and separates documents (eos)."""
+
+    bos_token_id = 256
+    eos_token_id = 256
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        ids = list(text.encode("utf-8"))
+        return [self.bos_token_id, *ids] if add_special_tokens else ids
+
+
+def load_native(spec: NativeModelSpec, device: str, dtype: str) -> LanguageModel:
+    TransformerBridge, TransformerBridgeConfig = bridge_classes()
+    cfg = TransformerBridgeConfig(
+        n_layers=spec.n_layers, d_model=spec.d_model, d_head=spec.d_head, n_heads=spec.n_heads,
+        d_mlp=spec.d_mlp, n_ctx=spec.ctx_len, d_vocab=spec.d_vocab, act_fn=spec.act_fn,
+        seed=spec.seed,
+    )
+    bridge = TransformerBridge.boot_native(cfg, device=device, dtype=getattr(torch, dtype))
+    return LanguageModel(bridge, spec, ByteTokenizer())

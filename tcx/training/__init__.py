@@ -1,0 +1,1 @@
+"""Training: a Lightning module that trains a bank of dictionaries from one activation stream."""

@@ -1,0 +1,126 @@
+"""Callbacks, one idea each: dead-feature counting, throughput, and per-member reporting."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import lightning as L
+import torch
+
+from tcx.evaluation import metrics
+from tcx.training.members import Member
+from tcx.training.outputs import write_member_outputs
+
+
+class DeadFeatures(L.Callback):
+    """Counts, per member and feature, the tokens since it last fired (checkpointed)."""
+
+    def __init__(self, window_tokens: int):
+        self.window_tokens = window_tokens
+        self.since: dict[str, torch.Tensor] = {}
+        self.tokens_seen = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = next(iter(batch.values())).shape[0] * trainer.world_size
+        self.tokens_seen += n
+        for name, out in outputs["outs"].items():
+            fired = (out.z != 0).any(0)
+            if trainer.world_size > 1:
+                fired = trainer.strategy.reduce(fired.float(), reduce_op="max").bool()
+            since = self.since.get(name)
+            since = torch.zeros_like(fired, dtype=torch.long) if since is None else since.to(fired.device)
+            self.since[name] = torch.where(fired, 0, since + n)
+
+    def fraction(self, name: str) -> float:
+        if name not in self.since:
+            return 0.0
+        return metrics.dead_fraction(self.since[name], min(self.window_tokens, self.tokens_seen))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"since": {k: v.cpu() for k, v in self.since.items()}, "tokens_seen": self.tokens_seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.since, self.tokens_seen = dict(state["since"]), state["tokens_seen"]
+
+
+class Throughput(L.Callback):
+    """Training tokens per second of this process's run, shown in the progress bar."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.start: tuple[float, int] | None = None
+        self.tokens_per_second = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.start is None:  # the clock starts at the first batch: loading is not throughput
+            self.start = (time.perf_counter(), trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        t0, step0 = self.start
+        elapsed = time.perf_counter() - t0
+        if elapsed > 0:
+            self.tokens_per_second = (trainer.global_step - step0) * self.batch_size / elapsed
+        pl_module.log("tok/s", round(self.tokens_per_second), prog_bar=True, logger=False)
+
+
+class MemberReports(L.Callback):
+    """Each member's metrics to its own logger (its own W&B run), and its outputs at the end."""
+
+    def __init__(self, members: list[Member], dead: DeadFeatures, throughput: Throughput,
+                 batch_size: int, log_every: int, window: int, meta: dict[str, Any]):
+        self.members = {m.key: m for m in members}
+        self.dead, self.throughput = dead, throughput
+        self.batch_size, self.log_every, self.meta = batch_size, log_every, meta
+        self.recent: dict[str, deque] = {m.key: deque(maxlen=window) for m in members}
+        self.final: dict[str, dict[str, float]] = {}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            for member in self.members.values():
+                member.open_logger()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        for key, out in outputs["outs"].items():
+            member = pl_module.members[key]
+            target = batch[member.cfg.target_site]
+            row = {"loss": out.loss, "mse": out.mse, "sparsity": out.sparsity,
+                   "l0": metrics.l0(out.z), "fvu": metrics.fvu(out.y, target)}
+            self.recent[key].append({k: float(v) for k, v in row.items()})
+            if len(self.members) <= 4:
+                pl_module.log(f"l0/{key}" if len(self.members) > 1 else "l0", row["l0"],
+                              prog_bar=True, logger=False)
+            if trainer.is_global_zero and (step % self.log_every == 0 or step == trainer.max_steps):
+                logged = {**self.recent[key][-1], "dead_fraction": self.dead.fraction(key),
+                          "tokens": step * self.batch_size,
+                          "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                          "sparsity_scale": pl_module.schedule.sparsity_scale(step - 1)}
+                self.members[key].log(logged, step)
+
+    def summary(self, key: str, step: int) -> dict[str, float]:
+        recent = self.recent[key]
+        out = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]} if recent else {}
+        return {**out, "dead_fraction": self.dead.fraction(key), "tokens": step * self.batch_size,
+                "steps": step, "tokens_per_second": self.throughput.tokens_per_second}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        for key, member in self.members.items():
+            self.final[member.name] = self.summary(key, trainer.global_step)
+            write_member_outputs(member, pl_module.members[key], self.final[member.name], self.meta)
+            member.close_logger(self.final[member.name])
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        for member in self.members.values():
+            member.close_logger(None, failed=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recent": {k: list(v) for k, v in self.recent.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, rows in state["recent"].items():
+            if k in self.recent:
+                self.recent[k].extend(rows)

@@ -1,0 +1,53 @@
+"""`DictionaryBank`: trains several dictionaries side by side on one activation stream.
+
+Members never interact: the summed loss gives each member's parameters exactly the gradient of its
+own loss, and Adam is element-wise, so a member of a bank ends with the same weights as the same
+dictionary trained alone with the same seed. Sweeps pack points into one job this way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from tcx.dictionaries.base import Dictionary, StepOutput
+from tcx.errors import NonFiniteLossError
+from tcx.training.schedule import Schedule
+
+
+class DictionaryBank(L.LightningModule):
+    def __init__(self, members: Mapping[str, Dictionary], optimizer: Callable, lr: float,
+                 schedule: Schedule):
+        super().__init__()
+        self.members = nn.ModuleDict(dict(members))
+        self.optimizer_factory, self.lr, self.schedule = optimizer, lr, schedule
+
+    def on_train_start(self) -> None:
+        if self.global_step == 0:  # a resumed run keeps its trained b_dec
+            batch = self.trainer.datamodule.stream.chunk(0)
+            for member in self.members.values():
+                member.init_decoder_bias(batch[member.cfg.target_site].mean(0).to(self.device))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict:
+        scale = self.schedule.sparsity_scale(self.global_step)
+        outs: dict[str, StepOutput] = {
+            name: m(batch[m.cfg.input_site], batch[m.cfg.target_site], sparsity_scale=scale)
+            for name, m in self.members.items()
+        }
+        loss = torch.stack([o.loss for o in outs.values()]).sum()
+        if not torch.isfinite(loss):
+            bad = [n for n, o in outs.items() if not torch.isfinite(o.loss)]
+            raise NonFiniteLossError(
+                f"step {self.global_step}: the loss of {', '.join(bad)} is {loss.item()}. Training "
+                "stopped; the last good checkpoint is kept. Lower lr, raise trainer.lr_warmup_steps, "
+                "or check the activations for inf.")
+        self.log("loss", loss, prog_bar=True, logger=False)
+        return {"loss": loss, "outs": {n: StepOutput(*(t.detach() for t in o)) for n, o in outs.items()}}
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters(), lr=self.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule.lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,106 @@
+"""`train(cfg)`: compose the pieces the config names and fit them. Called by `tcx-train`."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from tcx.config import TrainerConfig, build_node
+from tcx.data.windows import load_windows
+from tcx.errors import ConfigError
+from tcx.io import write_text
+from tcx.training.callbacks import DeadFeatures, MemberReports, Throughput
+from tcx.training.checkpoint import AtomicCheckpointIO, resume_checkpoint
+from tcx.training.data import ActivationData
+from tcx.training.members import plan_members
+from tcx.training.module import DictionaryBank
+from tcx.training.schedule import Schedule
+from tcx.training.summary import print_summary
+
+log = logging.getLogger(__name__)
+
+
+def quiet_lightning() -> None:
+    """Lightning adds its own console handler beside Hydra's (every line twice) and advertises."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module=r"lightning\..*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+# Changing these between a run and its resume would silently mix two experiments.
+_FIXED_ON_RESUME = ("model", "layer", "dictionary", "bank", "data", "seed", "lr", "optimizer",
+                    "trainer.batch_size", "trainer.buffer_tokens", "trainer.max_tokens")
+
+
+def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = OmegaConf.load(saved_path)
+    for key in _FIXED_ON_RESUME:
+        old, new = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
+        old = OmegaConf.to_container(old, resolve=True) if OmegaConf.is_config(old) else old
+        new = OmegaConf.to_container(new, resolve=True) if OmegaConf.is_config(new) else new
+        if old != new:
+            raise ConfigError(
+                f"{run_dir} was started with a different `{key}` ({old!r}, now {new!r}): resuming "
+                "would mix two experiments. Use a new run dir (hydra.run.dir=...) or the old value.")
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
+    """Train every member of `cfg` in `run_dir`; return each member's final metrics."""
+    # Validate everything before the first byte is written or the first model weight is read.
+    spec = build_node(cfg.model, "model")
+    spec.check_layer(cfg.layer)
+    corpus = build_node(cfg.data, "data")
+    tcfg: TrainerConfig = OmegaConf.to_object(cfg.trainer)
+    members = plan_members(cfg, run_dir)
+    checkpoint = resume_checkpoint(run_dir)
+    check_resume_config(run_dir, cfg)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    quiet_lightning()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    lm = spec.load("cpu", tcfg.model_dtype)
+    sites = sorted({s for m in members for s in (m.cfg.input_site, m.cfg.target_site)})
+    hooks = {site: lm.hook_name(site, cfg.layer) for site in sites}
+    windows = load_windows(corpus, lm, tcfg.max_tokens, cfg.cache_dir)
+    probe = lm.run_to(windows.tokens[:1], list(hooks.values()))
+    dims = {site: probe[hook].shape[-1] for site, hook in hooks.items()}
+
+    schedule = Schedule(tcfg.max_steps, tcfg.lr_warmup_steps, tcfg.lr_decay_fraction,
+                        tcfg.sparsity_warmup_fraction)
+    bank = DictionaryBank(
+        {m.key: m.cfg.build(dims[m.cfg.input_site], dims[m.cfg.target_site], seed=cfg.seed)
+         for m in members},
+        instantiate(cfg.optimizer), cfg.lr, schedule)
+    data = ActivationData(lm, windows, hooks, tcfg, cfg.seed)
+
+    dead, throughput = DeadFeatures(tcfg.dead_window_tokens), Throughput(tcfg.batch_size)
+    meta = {"model": spec.name, "layer": cfg.layer, "hooks": hooks, "seed": cfg.seed}
+    reports = MemberReports(members, dead, throughput, tcfg.batch_size, tcfg.log_every_n_steps,
+                            tcfg.metrics_window_steps, meta)
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", every_n_train_steps=tcfg.checkpoint_every_n_steps,
+        save_top_k=0, save_last=True, save_on_train_epoch_end=True)
+    trainer = L.Trainer(
+        max_steps=tcfg.max_steps, max_epochs=-1, accelerator=tcfg.accelerator, devices=tcfg.devices,
+        num_nodes=tcfg.num_nodes, strategy=tcfg.strategy, precision=tcfg.precision,
+        callbacks=[dead, throughput, reports, checkpoints, TQDMProgressBar()],
+        plugins=[AtomicCheckpointIO()],
+        logger=False, enable_progress_bar=tcfg.progress_bar, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
+        default_root_dir=run_dir)
+    if checkpoint is not None:
+        log.info("resuming from %s", checkpoint)
+    trainer.fit(bank, datamodule=data, ckpt_path=checkpoint)
+    if trainer.is_global_zero:
+        print_summary(members, reports.final)
+    return reports.final

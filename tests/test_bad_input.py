@@ -1,0 +1,121 @@
+"""Bad input gets a clear error naming the key or file, before anything is written or lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.errors import HydraException
+
+from tcx.activations.stream import ActivationStream
+from tcx.config import build_node
+from tcx.errors import CheckpointError, ConfigError, CorpusError, ModelLoadError, NonFiniteLossError
+from tcx.training.run import train
+
+
+def test_unknown_model_lists_the_known_ones(make_cfg):
+    with pytest.raises(HydraException, match=r"(?s)model/gpt3.*minilm.*tiny"):
+        make_cfg("model=gpt3")
+
+
+def test_layer_out_of_range_names_n_layers(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"layer=7 is out of range: model tiny has n_layers=2"):
+        train(make_cfg("layer=7"), tmp_path)
+    assert not any(tmp_path.iterdir()), "nothing may be written before validation"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("dictionary.l1_coeff=-1", "dictionary.l1_coeff"),
+    ("dictionary.l1_coeff=abc", "dictionary.l1_coeff"),
+    ("dictionary.expansion_factor=-2", "dictionary.expansion_factor"),
+    ("dictionary.d_sae=0", "dictionary.d_sae"),
+    ("+dictionary.l1_coef=0.1", "dictionary.l1_coef"),
+])
+def test_bad_dictionary_values_name_the_key(make_cfg, tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        train(make_cfg(override), tmp_path)
+
+
+def test_bad_trainer_type_fails_at_compose_naming_the_key(make_cfg):
+    with pytest.raises(HydraException, match=r"trainer\.batch_size"):
+        make_cfg("trainer.batch_size=abc")
+
+
+def test_cli_prints_one_paragraph_and_exits_1(tmp_path, cache_dir):
+    out = subprocess.run([sys.executable, "-m", "tcx.cli.train", "experiment=smoke",
+                          "dictionary.l1_coeff=-1", f"hydra.run.dir={tmp_path}"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.strip().startswith("error: dictionary.l1_coeff must be a non-negative number")
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_corpus_file(make_cfg, tmp_path):
+    with pytest.raises(CorpusError, match=r"matches no file"):
+        train(make_cfg("data=text-files", f"data.paths=[{tmp_path}/nope/*.txt]"), tmp_path / "run")
+
+
+def test_empty_corpus(make_cfg, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(CorpusError, match=r"empty or too small"):
+        train(make_cfg("data=text-files", f"data.paths=[{tmp_path}/*.txt]"), tmp_path / "run")
+
+
+def test_local_jsonl_and_parquet_corpora_train(make_cfg, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = "The quick brown fox jumps over the lazy dog. " * 200
+    (tmp_path / "a.jsonl").write_text("\n".join(f'{{"text": "{text} {i}"}}' for i in range(10)))
+    pq.write_table(pa.table({"text": [text] * 10}), tmp_path / "b.parquet")
+    final = train(make_cfg("data=text-files", f"data.paths=[{tmp_path}/*.jsonl,{tmp_path}/*.parquet]",
+                           "trainer.max_tokens=8192"), tmp_path / "run")
+    assert final["main"]["tokens"] == 8192
+
+
+def test_hub_model_without_network_suggests_the_embedded_default(make_cfg):
+    spec = build_node(make_cfg("model=gpt2-small", smoke=False).model, "model")
+    with pytest.raises(ModelLoadError, match=r"model=minilm"):
+        spec.load()
+
+
+def test_missing_hookpoint_is_named(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"hookpoint 'blocks\.1\.hook_nope' does not exist"):
+        train(make_cfg("model.sites.mlp_in='blocks.{layer}.hook_nope'"), tmp_path)
+
+
+def test_altered_embedded_weights_are_refused(make_cfg):
+    spec = build_node(make_cfg("model=minilm", "model.weights_sha256=00", smoke=False).model, "model")
+    with pytest.raises(ModelLoadError, match=r"refusing to use altered weights"):
+        spec.load()
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(make_cfg, tmp_path, monkeypatch):
+    batch = ActivationStream.batch
+
+    def poisoned(self, step):
+        out = batch(self, step)
+        return {k: v * float("nan") for k, v in out.items()} if step >= 40 else out
+
+    monkeypatch.setattr(ActivationStream, "batch", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 40: the loss of main is nan"):
+        train(make_cfg(), tmp_path)
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 32
+    assert not (tmp_path / "dictionary.safetensors").exists()
+
+
+def test_corrupt_checkpoint_is_named_and_left_untouched(make_cfg, tmp_path):
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=str(ckpt)):
+        train(make_cfg(), tmp_path)
+    assert ckpt.read_bytes() == b"not a checkpoint"
+
+
+def test_resume_with_another_config_is_refused(make_cfg, tmp_path):
+    train(make_cfg("trainer.max_tokens=8192"), tmp_path)
+    with pytest.raises(ConfigError, match=r"different `dictionary`"):
+        train(make_cfg("trainer.max_tokens=8192", "dictionary.l1_coeff=0.5"), tmp_path)
