@@ -126,7 +126,7 @@ def build_node(node: DictConfig | dict, key: str, **extra: Any) -> Any:
     except OmegaConfBaseException as e:
         where = f"{key}.{e.full_key}" if getattr(e, "full_key", None) else key
         raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
-    except ConfigError as e:
-        raise ConfigError(f"{key}: {e}") from None
+    except ConfigError as e:  # __post_init__ messages start with the field's name
+        raise ConfigError(f"{key}.{e}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{key}: {e}") from None

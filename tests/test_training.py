@@ -58,7 +58,7 @@ def test_bank_members_match_solo_runs(make_cfg, tmp_path):
 
 def _cli(run_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "tcx.cli.train", "experiment=smoke", f"hydra.run.dir={run_dir}",
-            f"cache_dir={cache_dir}", "trainer.max_tokens=524288", "trainer.checkpoint_every_n_steps=32",
+            f"cache_dir={cache_dir}", "trainer.max_tokens=262144", "trainer.checkpoint_every_n_steps=32",
             "trainer.progress_bar=false", *extra]
 
 
@@ -75,7 +75,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, cache_dir):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     step_at_kill = torch.load(ckpt, weights_only=False)["global_step"]
-    assert 0 < step_at_kill < 512 and not (killed / "dictionary.safetensors").exists()
+    assert 0 < step_at_kill < 256 and not (killed / "dictionary.safetensors").exists()
 
     resumed = subprocess.run(_cli(killed, cache_dir), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -86,4 +86,4 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, cache_dir):
     a, b = weights(killed), weights(straight)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert json.loads((killed / "metrics.json").read_text())["tokens"] == 524288
+    assert json.loads((killed / "metrics.json").read_text())["tokens"] == 262144

@@ -1,9 +1,9 @@
 """`tcx-train`: train a transcoder (or a bank of dictionaries) on one layer of a model.
 
     tcx-train                                     # the paper's ReLU transcoder, MiniLM layer 3
-    tcx-train dictionary=sae dictionary.l1_coeff=1e-2 layer=2
+    tcx-train dictionary=sae dictionary.l1_coeff=10 layer=2
     tcx-train experiment=smoke                    # tiny model, under a minute
-    tcx-train 'bank=[{l1_coeff: 1e-3}, {l1_coeff: 3e-3}]'   # two dictionaries, one model pass
+    tcx-train 'bank=[{l1_coeff: 1.0}, {l1_coeff: 10.0}]'  # two dictionaries, one model pass
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ class Corpus:
 
     def __post_init__(self) -> None:
         if self.holdout_every < 2:
-            raise ConfigError(f"data.holdout_every must be at least 2, got {self.holdout_every}.")
+            raise ConfigError(f"holdout_every must be at least 2, got {self.holdout_every}.")
 
     def documents(self) -> Iterator[str]:
         raise NotImplementedError

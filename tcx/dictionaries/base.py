@@ -35,9 +35,9 @@ class DictionaryConfig:
 
     def __post_init__(self) -> None:
         if self.expansion_factor <= 0:
-            raise ConfigError(f"dictionary.expansion_factor must be positive, got {self.expansion_factor}.")
+            raise ConfigError(f"expansion_factor must be positive, got {self.expansion_factor}.")
         if self.d_sae is not None and self.d_sae <= 0:
-            raise ConfigError(f"dictionary.d_sae must be a positive integer, got {self.d_sae}.")
+            raise ConfigError(f"d_sae must be a positive integer, got {self.d_sae}.")
 
     @property
     def is_transcoder(self) -> bool:

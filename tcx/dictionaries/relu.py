@@ -21,13 +21,13 @@ from tcx.errors import ConfigError
 
 @dataclass(kw_only=True)
 class ReLUConfig(DictionaryConfig):
-    l1_coeff: float = 5e-3
+    l1_coeff: float = 3.0
     """Weight of the L1 penalty; larger is sparser (lower L0) and less faithful."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.l1_coeff >= 0:
-            raise ConfigError(f"dictionary.l1_coeff must be a non-negative number, got {self.l1_coeff}.")
+            raise ConfigError(f"l1_coeff must be a non-negative number, got {self.l1_coeff}.")
 
     def build(self, d_in: int, d_out: int, seed: int = 0) -> ReLUDictionary:
         return ReLUDictionary(self, d_in, d_out, seed)

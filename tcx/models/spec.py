@@ -40,11 +40,11 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if not self.sites:
-            raise ConfigError("model.sites is empty: name at least mlp_in and mlp_out hookpoints.")
+            raise ConfigError("sites is empty: name at least mlp_in and mlp_out hookpoints.")
         if self.kind not in ("causal", "encoder"):
-            raise ConfigError(f"model.kind must be 'causal' or 'encoder', got '{self.kind}'.")
+            raise ConfigError(f"kind must be 'causal' or 'encoder', got '{self.kind}'.")
         if self.ctx_len < 4:
-            raise ConfigError(f"model.ctx_len must be at least 4, got {self.ctx_len}.")
+            raise ConfigError(f"ctx_len must be at least 4, got {self.ctx_len}.")
 
     def hook(self, site: str, layer: int) -> str:
         if site not in self.sites:

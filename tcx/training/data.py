@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import lightning as L
 import torch
@@ -15,16 +15,20 @@ from tcx.models.lm import LanguageModel
 
 
 class _Steps(IterableDataset):
-    """Batches `start .. stop-1` of the stream; this rank's share of each when distributed."""
+    """The whole run is one epoch of `stop` batches. Each iteration starts at the trainer's current
+    step: after a resume Lightning believes it is `global_step` batches into that epoch, and this
+    is what makes it so (a loader that restarted, or whose length were the remaining steps, would
+    replay batches)."""
 
-    def __init__(self, stream: ActivationStream, start: int, stop: int, rank: int, world: int):
+    def __init__(self, stream: ActivationStream, start: Callable[[], int], stop: int, rank: int,
+                 world: int):
         self.stream, self.start, self.stop, self.rank, self.world = stream, start, stop, rank, world
 
     def __len__(self) -> int:
-        return max(0, self.stop - self.start)
+        return self.stop
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for step in range(self.start, self.stop):
+        for step in range(self.start(), self.stop):
             batch = self.stream.batch(step)
             yield {site: rows.chunk(self.world)[self.rank] for site, rows in batch.items()}
 
@@ -44,7 +48,6 @@ class ActivationData(L.LightningDataModule):
             self.cfg.buffer_tokens, self.cfg.model_batch_size, self.seed)
 
     def train_dataloader(self) -> DataLoader:
-        # Lightning restores global_step from a checkpoint before asking for the loader.
-        steps = _Steps(self.stream, self.trainer.global_step, self.cfg.max_steps,
+        steps = _Steps(self.stream, lambda: self.trainer.global_step, self.cfg.max_steps,
                        self.trainer.global_rank, self.trainer.world_size)
         return DataLoader(steps, batch_size=None)

@@ -93,7 +93,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
     trainer = L.Trainer(
         max_steps=tcfg.max_steps, max_epochs=-1, accelerator=tcfg.accelerator, devices=tcfg.devices,
         num_nodes=tcfg.num_nodes, strategy=tcfg.strategy, precision=tcfg.precision,
-        callbacks=[dead, throughput, reports, checkpoints, TQDMProgressBar()],
+        callbacks=[dead, throughput, reports, checkpoints]
+        + ([TQDMProgressBar()] if tcfg.progress_bar else []),
         plugins=[AtomicCheckpointIO()],
         logger=False, enable_progress_bar=tcfg.progress_bar, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
