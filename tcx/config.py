@@ -48,7 +48,11 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 100
     log_every_n_steps: int = 10
     metrics_window_steps: int = 20
-    """Final training metrics (metrics.json) average the last this many steps."""
+    """Training-window metrics (train_* in metrics.json) average the last this many steps."""
+    eval_tokens: int = 32_768
+    """Held-out tokens for the evaluation at the end of training (0: none)."""
+    eval_every_n_tokens: int = 0
+    """Also evaluate on held-out tokens every this many training tokens (0: only at the end)."""
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
@@ -64,6 +68,8 @@ class TrainerConfig:
                      "dead_window_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"trainer.{name} must be positive, got {getattr(self, name)}.")
+        if self.eval_tokens < 0 or self.eval_every_n_tokens < 0:
+            raise ConfigError("trainer.eval_tokens and trainer.eval_every_n_tokens must be >= 0.")
         if self.max_tokens < self.batch_size:
             raise ConfigError(f"trainer.max_tokens ({self.max_tokens}) is smaller than one batch "
                               f"(trainer.batch_size={self.batch_size}).")
@@ -98,9 +104,28 @@ class TrainConfig:
     tags: list[str] = field(default_factory=list)
 
 
+@dataclass
+class EvalConfig:
+    """The primary config of `tcx-eval`."""
+
+    run: str | None = None
+    """A run dir (or member dir) of tcx-train."""
+    dictionaries: list[str] = field(default_factory=list)
+    """Several run dirs or dictionary.safetensors files, spliced into the model together."""
+    max_tokens: int = 32_768
+    """Held-out tokens to evaluate on."""
+    batch_windows: int = 16
+    dense_threshold: float = 0.1
+    """A feature firing on more than this fraction of tokens counts as dense."""
+    out_dir: str | None = None
+    """Where the joint numbers of several dictionaries go (default: beside the first)."""
+    plots: bool = True
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
 
 
 def build_node(node: DictConfig | dict, key: str, **extra: Any) -> Any:

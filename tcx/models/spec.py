@@ -37,6 +37,8 @@ class ModelSpec:
     """Tokenizer attribute of the token closing every window (sep_token_id for BERT)."""
     separator_token: str | None = None
     """Tokenizer attribute of the token placed between documents in the token stream."""
+    embedding_hook: str | None = None
+    """Encoders: the hook whose mean over positions, L2-normalised, is the model's output."""
 
     def __post_init__(self) -> None:
         if not self.sites:

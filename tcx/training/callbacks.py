@@ -10,6 +10,9 @@ import lightning as L
 import torch
 
 from tcx.evaluation import metrics
+from tcx.evaluation.plots import density_histogram
+from tcx.evaluation.run import merge_eval
+from tcx.io import write_json
 from tcx.training.members import Member
 from tcx.training.outputs import write_member_outputs
 
@@ -65,13 +68,45 @@ class Throughput(L.Callback):
         pl_module.log("tok/s", round(self.tokens_per_second), prog_bar=True, logger=False)
 
 
+class HeldOutEvaluation(L.Callback):
+    """Each member's held-out metrics and spliced fidelity, every N training tokens and at the end."""
+
+    def __init__(self, members: list[Member], hooks: dict[str, str], windows, tokens: int,
+                 every_tokens: int, batch_size: int):
+        self.members, self.hooks, self.windows = members, hooks, windows
+        self.n_windows = max(1, -(-tokens // windows.tokens_per_window))
+        self.every_steps = max(1, every_tokens // batch_size) if every_tokens else 0
+
+    def measure(self, trainer, pl_module) -> dict[str, tuple[dict[str, float], torch.Tensor]]:
+        from tcx.evaluation.run import measure
+        from tcx.evaluation.splice import Placed
+
+        lm, heldout = trainer.datamodule.lm, self.windows.heldout[: self.n_windows]
+        out = {}
+        for m in self.members:
+            placed = Placed(pl_module.members[m.key], self.hooks[m.cfg.input_site],
+                            self.hooks[m.cfg.target_site])
+            rows, _, freqs = measure(lm, [placed], heldout, self.windows.valid, progress=False)
+            out[m.key] = (rows[0], freqs[0])
+        return out
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_steps and step % self.every_steps == 0 and step < trainer.max_steps \
+                and trainer.is_global_zero:
+            for m in self.members:
+                row, _ = self.measure(trainer, pl_module)[m.key]
+                m.log({f"eval/{k}": v for k, v in row.items() if isinstance(v, float)}, step)
+
+
 class MemberReports(L.Callback):
     """Each member's metrics to its own logger (its own W&B run), and its outputs at the end."""
 
     def __init__(self, members: list[Member], dead: DeadFeatures, throughput: Throughput,
-                 batch_size: int, log_every: int, window: int, meta: dict[str, Any]):
+                 batch_size: int, log_every: int, window: int, meta: dict[str, Any],
+                 evaluation: HeldOutEvaluation | None = None):
         self.members = {m.key: m for m in members}
-        self.dead, self.throughput = dead, throughput
+        self.dead, self.throughput, self.evaluation = dead, throughput, evaluation
         self.batch_size, self.log_every, self.meta = batch_size, log_every, meta
         self.recent: dict[str, deque] = {m.key: deque(maxlen=window) for m in members}
         self.final: dict[str, dict[str, float]] = {}
@@ -108,10 +143,18 @@ class MemberReports(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
+        held_out = self.evaluation.measure(trainer, pl_module) if self.evaluation else {}
         for key, member in self.members.items():
-            self.final[member.name] = self.summary(key, trainer.global_step)
-            write_member_outputs(member, pl_module.members[key], self.final[member.name], self.meta)
-            member.close_logger(self.final[member.name])
+            summary = self.summary(key, trainer.global_step)
+            if key in held_out:
+                row, frequency = held_out[key]
+                summary = merge_eval(summary, row)
+                write_json(member.dir / "eval.json", row)
+                density_histogram(frequency, member.dir / "feature_density.png",
+                                  f"{member.name}: L0 {row['l0']:.1f}")
+            self.final[member.name] = summary
+            write_member_outputs(member, pl_module.members[key], summary, self.meta)
+            member.close_logger(summary)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         for member in self.members.values():

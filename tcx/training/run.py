@@ -15,7 +15,7 @@ from tcx.config import TrainerConfig, build_node
 from tcx.data.windows import load_windows
 from tcx.errors import ConfigError
 from tcx.io import write_text
-from tcx.training.callbacks import DeadFeatures, MemberReports, Throughput
+from tcx.training.callbacks import DeadFeatures, HeldOutEvaluation, MemberReports, Throughput
 from tcx.training.checkpoint import AtomicCheckpointIO, resume_checkpoint
 from tcx.training.data import ActivationData
 from tcx.training.members import plan_members
@@ -85,15 +85,17 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
 
     dead, throughput = DeadFeatures(tcfg.dead_window_tokens), Throughput(tcfg.batch_size)
     meta = {"model": spec.name, "layer": cfg.layer, "hooks": hooks, "seed": cfg.seed}
+    evaluation = HeldOutEvaluation(members, hooks, windows, tcfg.eval_tokens, tcfg.eval_every_n_tokens,
+                                   tcfg.batch_size) if tcfg.eval_tokens else None
     reports = MemberReports(members, dead, throughput, tcfg.batch_size, tcfg.log_every_n_steps,
-                            tcfg.metrics_window_steps, meta)
+                            tcfg.metrics_window_steps, meta, evaluation)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", every_n_train_steps=tcfg.checkpoint_every_n_steps,
         save_top_k=0, save_last=True, save_on_train_epoch_end=True)
     trainer = L.Trainer(
         max_steps=tcfg.max_steps, max_epochs=-1, accelerator=tcfg.accelerator, devices=tcfg.devices,
         num_nodes=tcfg.num_nodes, strategy=tcfg.strategy, precision=tcfg.precision,
-        callbacks=[dead, throughput, reports, checkpoints]
+        callbacks=[dead, throughput, reports, checkpoints, *([evaluation] if evaluation else [])]
         + ([TQDMProgressBar()] if tcfg.progress_bar else []),
         plugins=[AtomicCheckpointIO()],
         logger=False, enable_progress_bar=tcfg.progress_bar, enable_model_summary=False,

@@ -1,0 +1,45 @@
+"""`tcx-eval`: sparsity, reconstruction and spliced fidelity of trained dictionaries.
+
+    tcx-eval run=outputs/train/2026-11-25/15-02-11_minilm-L3-mlp_in-to-mlp_out
+    tcx-eval 'dictionaries=[runs/layer0, runs/layer1]'     # spliced together: joint numbers
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from tcx.cli.common import CONF_DIR, report_errors
+from tcx.config import register_configs
+
+register_configs()
+
+COLUMNS = ["l0", "fvu", "cos", "dead_fraction", "dense_fraction", "loss_clean", "loss_spliced",
+           "loss_zero_ablated", "loss_mean_ablated", "recovered_zero", "recovered_mean", "kl"]
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    from tcx.evaluation.run import evaluate
+
+    paths = ([cfg.run] if cfg.run else []) + list(cfg.dictionaries)
+    results = evaluate(paths, cfg.max_tokens, cfg.batch_windows, cfg.dense_threshold, cfg.out_dir,
+                       cfg.plots)
+    rows = results["dictionaries"]
+    print(f"\nfidelity: {next(iter(rows.values()))['fidelity_metric']}")
+    for key in COLUMNS:
+        values = [r.get(key) for r in rows.values()]
+        if any(v is not None for v in values):
+            cells = (f"{v:>10.4f}" if v is not None else f"{'-':>10}" for v in values)
+            print(f"{key:>18}  " + "  ".join(cells))
+    if len(rows) > 1:
+        joint = results["joint"]
+        print(f"joint: spliced {joint['loss_spliced']:.4f}  clean {joint['loss_clean']:.4f}  "
+              f"recovered_zero {joint['recovered_zero']:.4f}  recovered_mean {joint['recovered_mean']:.4f}")
+    for d in rows:
+        print(f"wrote {d}/eval.json")
+
+
+if __name__ == "__main__":
+    main()

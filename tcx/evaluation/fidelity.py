@@ -1,0 +1,65 @@
+"""The model's own loss, the measure of how much behaviour survives a splice.
+
+Causal LMs: next-token cross-entropy (and KL from the clean next-token distribution).
+Encoders (the MiniLM default, which has no LM head): the model's output is its mean-pooled,
+L2-normalised sentence embedding, and the loss is 1 - cos(clean embedding, spliced embedding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def causal_outputs(lm, tokens: Tensor, hooks: Sequence[tuple[str, Callable]]) -> Tensor:
+    """Next-token log-probabilities [batch, pos-1, vocab]."""
+    logits = lm.run_with_hooks(tokens, hooks, return_type="logits")
+    return logits[:, :-1].float().log_softmax(-1)
+
+
+def causal_loss(logprobs: Tensor, tokens: Tensor) -> Tensor:
+    """Per-window mean next-token cross-entropy."""
+    target = tokens[:, 1:].to(logprobs.device)
+    return -logprobs.gather(-1, target[..., None])[..., 0].mean(-1)
+
+
+def causal_kl(clean: Tensor, other: Tensor) -> Tensor:
+    """Per-window mean KL(clean || other) of next-token distributions."""
+    return F.kl_div(other, clean, log_target=True, reduction="none").sum(-1).mean(-1)
+
+
+def encoder_outputs(lm, tokens: Tensor, hooks: Sequence[tuple[str, Callable]]) -> Tensor:
+    """The sentence embedding [batch, d]: mean over positions of `embedding_hook`, normalised."""
+    name = lm.spec.embedding_hook
+    captured: dict[str, Tensor] = {}
+
+    def grab(act: Tensor, hook) -> Tensor:
+        captured["h"] = act
+        return act
+
+    # The embedding hook is read after the splice hooks so it sees their effect.
+    lm.run_with_hooks(tokens, [*hooks, (name, grab)], return_type=None)
+    return F.normalize(captured["h"].float().mean(1), dim=-1)
+
+
+def encoder_loss(clean: Tensor, other: Tensor) -> Tensor:
+    """Per-window 1 - cos(clean, other)."""
+    return 1.0 - (clean * other).sum(-1)
+
+
+@torch.inference_mode()
+def model_losses(lm, tokens: Tensor, variants: dict[str, list]) -> dict[str, Tensor]:
+    """Per-window loss of each variant (name -> hooks), plus KL for causal models."""
+    causal = lm.spec.kind == "causal"
+    run = causal_outputs if causal else encoder_outputs
+    clean = run(lm, tokens, [])
+    out: dict[str, Tensor] = {"clean": causal_loss(clean, tokens) if causal else encoder_loss(clean, clean)}
+    for name, hooks in variants.items():
+        other = run(lm, tokens, hooks)
+        out[name] = causal_loss(other, tokens) if causal else encoder_loss(clean, other)
+        if causal:
+            out[f"kl_{name}"] = causal_kl(clean, other)
+    return out
