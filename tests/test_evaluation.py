@@ -122,3 +122,22 @@ def test_dictionaries_of_different_models_are_refused(make_cfg, tmp_path):
     b = place(make_cfg("model.name=other"), tmp_path / "b", empty)
     with pytest.raises(ConfigError, match=r"different models"):
         evaluate([a, b])
+
+
+def test_tcx_eval_cli_on_a_trained_run(make_cfg, tmp_path):
+    import subprocess
+    import sys
+
+    from tcx.training.run import train
+
+    train(make_cfg("trainer.max_tokens=8192", "trainer.eval_tokens=0"), tmp_path)
+    assert not (tmp_path / "eval.json").exists()
+    out = subprocess.run([sys.executable, "-m", "tcx.cli.eval", f"run={tmp_path}", "max_tokens=2048"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "recovered_mean" in out.stdout
+    import json
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"recovered_zero", "recovered_mean", "loss_spliced", "kl", "train_l0", "dense_fraction"} <= set(metrics)
+    assert (tmp_path / "feature_density.png").is_file()

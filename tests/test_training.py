@@ -87,3 +87,15 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, cache_dir):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert json.loads((killed / "metrics.json").read_text())["tokens"] == 262144
+
+
+def test_wandb_offline_gives_each_bank_member_its_own_run(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setattr("tcx.training.loggers.has_wandb_credentials", lambda: False)
+    train(make_cfg("logger=wandb", "trainer.max_tokens=8192", "+tags=[t1]",
+                   "bank=[{l1_coeff: 0.1, name: a}, {l1_coeff: 1.0, name: b}]"), tmp_path)
+    for name in ("a", "b"):
+        runs = list((tmp_path / name / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(runs) == 1, name
+        assert runs[0].stat().st_size > 1000
