@@ -45,6 +45,10 @@ class TrainerConfig:
     """Fraction of steps over which the sparsity penalty ramps from 0 to its full coefficient."""
     dead_window_tokens: int = 1_000_000
     """A feature that has not fired in this many tokens counts as dead."""
+    auxk: bool = True
+    """AuxK loss for the TopK family's dead latents."""
+    resample_every_n_tokens: int = 0
+    """Restart the dead features of penalty kinds (ReLU, gated, JumpReLU) this often (0: never)."""
     checkpoint_every_n_steps: int = 100
     log_every_n_steps: int = 10
     metrics_window_steps: int = 20

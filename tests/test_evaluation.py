@@ -139,5 +139,6 @@ def test_tcx_eval_cli_on_a_trained_run(make_cfg, tmp_path):
     import json
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert {"recovered_zero", "recovered_mean", "loss_spliced", "kl", "train_l0", "dense_fraction"} <= set(metrics)
+    wanted = {"recovered_zero", "recovered_mean", "loss_spliced", "kl", "train_l0", "dense_fraction"}
+    assert wanted <= set(metrics)
     assert (tmp_path / "feature_density.png").is_file()

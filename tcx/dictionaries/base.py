@@ -32,6 +32,10 @@ class DictionaryConfig:
     expansion_factor: float = 8.0
     d_sae: int | None = None
     """Number of features; overrides expansion_factor (d_sae = expansion_factor * d_in)."""
+    normalize: bool = True
+    """Scale input and target by fixed factors (set from the data at step 0) so that their mean
+    squared norm equals their width: sparsity coefficients then carry over between models and
+    layers. The dictionary's outputs are always in the model's units."""
 
     def __post_init__(self) -> None:
         if self.expansion_factor <= 0:
@@ -51,7 +55,17 @@ class DictionaryConfig:
 
 
 class Dictionary(nn.Module):
-    """`z = f(x)`, `y = z @ W_dec + b_dec`. Subclasses define `encode` and `forward`'s loss."""
+    """`z = f(x)`, `y = z @ W_dec + b_dec`. Subclasses define `encode` and `loss`.
+
+    Subclasses work in normalised units (x·input_scale, target·target_scale); `forward`,
+    `encode_decode` and `reconstruct` take and return the model's units.
+
+    Kinds whose sparsity does not depend on the decoder's scale (TopK family) set `unit_decoder`:
+    their decoder rows are kept at unit norm and the gradient along each row is removed first.
+    """
+
+    unit_decoder = False
+    supports_auxk = False
 
     def __init__(self, cfg: DictionaryConfig, d_in: int, d_out: int, seed: int = 0):
         super().__init__()
@@ -68,21 +82,59 @@ class Dictionary(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
         self.W_dec = nn.Parameter(W_dec)  # [d_sae, d_out]
         self.b_dec = nn.Parameter(torch.zeros(d_out))
+        self.register_buffer("input_scale", torch.tensor(1.0))
+        self.register_buffer("target_scale", torch.tensor(1.0))
+        if self.unit_decoder:
+            self.after_optimizer_step()
 
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         raise NotImplementedError
 
-    def decode(self, z: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_out"]:
+    def decode(self, z: Float[Tensor, "batch d_sae"], x: Float[Tensor, "batch d_in"] | None = None
+               ) -> Float[Tensor, "batch d_out"]:
+        """`x` is for kinds with a path that bypasses the features (skip transcoder)."""
         return z @ self.W_dec + self.b_dec
 
-    @torch.no_grad()
-    def init_decoder_bias(self, target_mean: Float[Tensor, " d_out"]) -> None:
-        """Start b_dec at the mean target, so the features only explain deviations from it."""
-        self.b_dec.copy_(target_mean)
+    def loss(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
+             sparsity_scale: float = 1.0) -> StepOutput:
+        """The training step's outputs, all in normalised units."""
+        raise NotImplementedError
 
+    # -- in the model's units ---------------------------------------------------------------
     def forward(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
                 sparsity_scale: float = 1.0) -> StepOutput:
-        raise NotImplementedError
+        out = self.loss(x * self.input_scale, target * self.target_scale, sparsity_scale)
+        return out._replace(y=out.y / self.target_scale)
+
+    def encode_decode(self, x: Float[Tensor, "batch d_in"]
+                      ) -> tuple[Float[Tensor, "batch d_sae"], Float[Tensor, "batch d_out"]]:
+        x = x * self.input_scale
+        z = self.encode(x)
+        return z, self.decode(z, x) / self.target_scale
+
+    def reconstruct(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_out"]:
+        return self.encode_decode(x)[1]
+
+    @torch.no_grad()
+    def init_from_data(self, x: Float[Tensor, "rows d_in"], target: Float[Tensor, "rows d_out"]) -> None:
+        """Fix the normalisation scales, and start b_dec at the mean target so the features
+        only explain deviations from it."""
+        if self.cfg.normalize:
+            self.input_scale.copy_((self.d_in / x.pow(2).sum(-1).mean()).sqrt())
+            self.target_scale.copy_((self.d_out / target.pow(2).sum(-1).mean()).sqrt())
+        self.b_dec.copy_(target.mean(0) * self.target_scale)
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        """Unit decoders: drop the gradient component along each row (it only changes the norm)."""
+        if self.unit_decoder and self.W_dec.grad is not None:
+            rows = self.W_dec / self.W_dec.norm(dim=1, keepdim=True)
+            self.W_dec.grad -= (self.W_dec.grad * rows).sum(1, keepdim=True) * rows
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        if self.unit_decoder:
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
 def squared_error(y: Tensor, target: Tensor) -> Tensor:

@@ -39,8 +39,8 @@ class ReLUDictionary(Dictionary):
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         return torch.relu(x @ self.W_enc + self.b_enc)
 
-    def forward(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
-                sparsity_scale: float = 1.0) -> StepOutput:
+    def loss(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
+             sparsity_scale: float = 1.0) -> StepOutput:
         z = self.encode(x)
         y = self.decode(z)
         mse = squared_error(y, target)

@@ -90,8 +90,7 @@ def measure(lm, placed: list[Placed], heldout: torch.Tensor, valid: slice, batch
                 dtype = p.dictionary.W_enc.dtype
                 x, t = (acts[h][:, valid].reshape(-1, acts[h].shape[-1]).to(dtype)
                         for h in (p.input_hook, p.target_hook))
-                z = p.dictionary.encode(x)
-                s.add(z, p.dictionary.decode(z), t)
+                s.add(*p.dictionary.encode_decode(x), t)
             for k, v in model_losses(lm, tokens, variants).items():
                 losses.setdefault(k, []).append(v.cpu())
     mean_loss = {k: torch.cat(v).mean().item() for k, v in losses.items()}

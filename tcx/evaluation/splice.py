@@ -42,7 +42,7 @@ def splice_hooks(placed: Sequence[Placed], valid: slice) -> list[tuple[str, Call
             x = captured.pop("x", act)
             out = act.clone()
             d = p.dictionary
-            out[:, valid] = d.decode(d.encode(x[:, valid].to(d.W_enc.dtype))).to(act.dtype)
+            out[:, valid] = d.reconstruct(x[:, valid].to(d.W_enc.dtype)).to(act.dtype)
             return out
 
         if p.input_hook != p.target_hook:

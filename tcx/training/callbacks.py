@@ -36,6 +36,12 @@ class DeadFeatures(L.Callback):
             since = torch.zeros_like(fired, dtype=torch.long) if since is None else since.to(fired.device)
             self.since[name] = torch.where(fired, 0, since + n)
 
+    def mask(self, key: str) -> torch.Tensor | None:
+        """Features silent for the whole dead window (none before a window has been seen)."""
+        if key not in self.since or self.tokens_seen < self.window_tokens:
+            return None
+        return self.since[key] >= self.window_tokens
+
     def fraction(self, name: str) -> float:
         if name not in self.since:
             return 0.0
@@ -46,6 +52,55 @@ class DeadFeatures(L.Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.since, self.tokens_seen = dict(state["since"]), state["tokens_seen"]
+
+
+class AuxK(L.Callback):
+    """Tells TopK-family members which latents are dead, for their auxiliary loss."""
+
+    def __init__(self, dead: DeadFeatures):
+        self.dead = dead
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        for key, member in pl_module.members.items():
+            mask = self.dead.mask(key)
+            if member.supports_auxk and mask is not None:
+                member.dead.copy_(mask)
+
+
+class Resample(L.Callback):
+    """Every N steps, restart the dead features of penalty-sparsified kinds (ReLU, gated, JumpReLU)
+    on the rows they reconstruct worst: decoder row along the residual, encoder column along the
+    input, Adam's moments for them reset (after Bricken et al. 2023, simplified)."""
+
+    def __init__(self, dead: DeadFeatures, every_steps: int, seed: int):
+        self.dead, self.every_steps, self.seed = dead, every_steps, seed
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every_steps or step >= trainer.max_steps:
+            return
+        optimizer = trainer.optimizers[0]
+        for key, d in pl_module.members.items():
+            dead = self.dead.mask(key)
+            if d.supports_auxk or dead is None or not dead.any():
+                continue
+            dead = dead.to(d.W_enc.device)
+            x, t, y = batch[d.cfg.input_site], batch[d.cfg.target_site], outputs["outs"][key].y
+            error = (t - y).pow(2).sum(-1)
+            gen = torch.Generator(device=error.device).manual_seed(self.seed * 1_000_003 + step)
+            rows = torch.multinomial(error / error.sum(), int(dead.sum()), replacement=True, generator=gen)
+            alive = ~dead
+            enc_norm = d.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+            dec_norm = d.W_dec[alive].norm(dim=1).mean() if alive.any() else torch.tensor(0.1)
+            d.W_dec[dead] = torch.nn.functional.normalize(t[rows] - y[rows], dim=-1) * dec_norm
+            d.W_enc[:, dead] = (torch.nn.functional.normalize(x[rows], dim=-1) * 0.2 * enc_norm).T
+            d.b_enc[dead] = 0.0
+            for param, index in ((d.W_dec, dead), (d.W_enc, (slice(None), dead)), (d.b_enc, dead)):
+                for moment in optimizer.state.get(param, {}).values():
+                    if torch.is_tensor(moment) and moment.shape == param.shape:
+                        moment[index] = 0.0
+            self.dead.since[key][dead.to(self.dead.since[key].device)] = 0
 
 
 class Throughput(L.Callback):
@@ -121,7 +176,7 @@ class MemberReports(L.Callback):
         for key, out in outputs["outs"].items():
             member = pl_module.members[key]
             target = batch[member.cfg.target_site]
-            row = {"loss": out.loss, "mse": out.mse, "sparsity": out.sparsity,
+            row = {"loss": out.loss, "mse": metrics.mse(out.y, target), "sparsity": out.sparsity,
                    "l0": metrics.l0(out.z), "fvu": metrics.fvu(out.y, target)}
             self.recent[key].append({k: float(v) for k, v in row.items()})
             if len(self.members) <= 4:

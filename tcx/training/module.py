@@ -29,7 +29,8 @@ class DictionaryBank(L.LightningModule):
         if self.global_step == 0:  # a resumed run keeps its trained b_dec
             batch = self.trainer.datamodule.stream.chunk(0)
             for member in self.members.values():
-                member.init_decoder_bias(batch[member.cfg.target_site].mean(0).to(self.device))
+                member.init_from_data(batch[member.cfg.input_site].to(self.device),
+                                      batch[member.cfg.target_site].to(self.device))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict:
         scale = self.schedule.sparsity_scale(self.global_step)
@@ -46,6 +47,14 @@ class DictionaryBank(L.LightningModule):
                 "or check the activations for inf.")
         self.log("loss", loss, prog_bar=True, logger=False)
         return {"loss": loss, "outs": {n: StepOutput(*(t.detach() for t in o)) for n, o in outs.items()}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        for member in self.members.values():
+            member.before_optimizer_step()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        for member in self.members.values():
+            member.after_optimizer_step()
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters(), lr=self.lr)

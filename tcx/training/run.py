@@ -15,7 +15,14 @@ from tcx.config import TrainerConfig, build_node
 from tcx.data.windows import load_windows
 from tcx.errors import ConfigError
 from tcx.io import write_text
-from tcx.training.callbacks import DeadFeatures, HeldOutEvaluation, MemberReports, Throughput
+from tcx.training.callbacks import (
+    AuxK,
+    DeadFeatures,
+    HeldOutEvaluation,
+    MemberReports,
+    Resample,
+    Throughput,
+)
 from tcx.training.checkpoint import AtomicCheckpointIO, resume_checkpoint
 from tcx.training.data import ActivationData
 from tcx.training.members import plan_members
@@ -95,7 +102,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
     trainer = L.Trainer(
         max_steps=tcfg.max_steps, max_epochs=-1, accelerator=tcfg.accelerator, devices=tcfg.devices,
         num_nodes=tcfg.num_nodes, strategy=tcfg.strategy, precision=tcfg.precision,
-        callbacks=[dead, throughput, reports, checkpoints, *([evaluation] if evaluation else [])]
+        callbacks=[dead, throughput, reports, checkpoints, *([evaluation] if evaluation else []),
+                   *([AuxK(dead)] if tcfg.auxk else []),
+                   *([Resample(dead, max(1, tcfg.resample_every_n_tokens // tcfg.batch_size), cfg.seed)]
+                     if tcfg.resample_every_n_tokens else [])]
         + ([TQDMProgressBar()] if tcfg.progress_bar else []),
         plugins=[AtomicCheckpointIO()],
         logger=False, enable_progress_bar=tcfg.progress_bar, enable_model_summary=False,

@@ -1,0 +1,53 @@
+"""BatchTopK dictionary (Bussmann et al. 2024): the k·batch largest activations of the whole batch
+fire, so rows may use more or fewer than k features. For inference (no batch to rank against),
+a threshold estimated during training takes over: the running mean of the smallest activation
+kept per batch, which reproduces the training firing rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tcx.dictionaries.topk import TopKConfig, TopKDictionary
+
+
+@dataclass(kw_only=True)
+class BatchTopKConfig(TopKConfig):
+    threshold_momentum: float = 0.99
+
+    def build(self, d_in: int, d_out: int, seed: int = 0) -> BatchTopKDictionary:
+        super().build(d_in, d_out, seed)  # validates k against the width
+        return BatchTopKDictionary(self, d_in, d_out, seed)
+
+
+class BatchTopKDictionary(TopKDictionary):
+    cfg: BatchTopKConfig
+
+    def __init__(self, cfg: BatchTopKConfig, d_in: int, d_out: int, seed: int = 0):
+        super().__init__(cfg, d_in, d_out, seed)
+        self.register_buffer("threshold", torch.tensor(-1.0))
+        """Inference threshold; -1 until the first training batch sets it."""
+
+    def select(self, pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
+        if not self.training:
+            return self.encode_with_threshold(pre)
+        flat = pre.relu().flatten()
+        values, index = flat.topk(self.cfg.k * pre.shape[0], sorted=False)
+        z = torch.zeros_like(flat).scatter_(0, index, values).view_as(pre)
+        with torch.no_grad():
+            kept = values[values > 0]
+            if len(kept):
+                smallest, m = kept.min(), self.cfg.threshold_momentum
+                first = self.threshold < 0
+                self.threshold.copy_(smallest if first else m * self.threshold + (1 - m) * smallest)
+        return z
+
+    def encode_with_threshold(self, pre: Tensor) -> Tensor:
+        return pre * (pre > self.threshold.clamp_min(0.0))
+
+    def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        return self.select(self.pre_activation(x))

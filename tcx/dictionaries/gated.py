@@ -1,0 +1,64 @@
+"""Gated dictionary (Rajamanoharan et al. 2024, "Improving dictionary learning with gated SAEs").
+
+Which features fire and how strongly are decided by two paths that share the encoder's directions:
+
+    gate:      π_gate = x @ W_enc + b_enc                           fires where π_gate > 0
+    magnitude: π_mag  = x @ (W_enc · exp(r_mag)) + b_mag            (W_mag[:, i] = e^{r_i} W_enc[:, i])
+    z = 1[π_gate > 0] · ReLU(π_mag)
+
+    loss = ||y - target||^2 + l1_coeff · Σ_i ReLU(π_gate)_i ||W_dec,i||
+           + ||target - (ReLU(π_gate) @ W_dec' + b_dec')||^2      (' = frozen: trains only the gate)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from tcx.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, squared_error
+from tcx.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class GatedConfig(DictionaryConfig):
+    l1_coeff: float = 3.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.l1_coeff >= 0:
+            raise ConfigError(f"l1_coeff must be a non-negative number, got {self.l1_coeff}.")
+
+    def build(self, d_in: int, d_out: int, seed: int = 0) -> GatedDictionary:
+        return GatedDictionary(self, d_in, d_out, seed)
+
+
+class GatedDictionary(Dictionary):
+    cfg: GatedConfig
+
+    def __init__(self, cfg: GatedConfig, d_in: int, d_out: int, seed: int = 0):
+        super().__init__(cfg, d_in, d_out, seed)
+        self.r_mag = nn.Parameter(torch.zeros(self.d_sae))
+        self.b_mag = nn.Parameter(torch.zeros(self.d_sae))
+
+    def gate(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        return x @ self.W_enc + self.b_enc
+
+    def magnitude(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        return x @ (self.W_enc * self.r_mag.exp()) + self.b_mag
+
+    def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        return (self.gate(x) > 0).to(x.dtype) * self.magnitude(x).relu()
+
+    def loss(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
+             sparsity_scale: float = 1.0) -> StepOutput:
+        pi_gate = self.gate(x)
+        z = (pi_gate > 0).to(x.dtype) * self.magnitude(x).relu()
+        y = self.decode(z)
+        mse = squared_error(y, target)
+        gate_act = pi_gate.relu()
+        l1 = (gate_act * self.W_dec.norm(dim=1)).sum(-1).mean()
+        aux = squared_error(gate_act @ self.W_dec.detach() + self.b_dec.detach(), target)
+        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1 + aux, mse, l1)

@@ -1,0 +1,102 @@
+"""JumpReLU dictionary (Rajamanoharan et al. 2024): each feature has a learned threshold θ_i.
+
+    z_i = pre_i · H(pre_i - θ_i)        loss = ||y - target||^2 + l0_coeff · Σ_i H(pre_i - θ_i)
+
+H has no useful gradient, so θ learns through a straight-through estimator: the derivative of H
+at θ is replaced by a rectangle kernel of width `bandwidth` (the paper's pseudo-derivative).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from tcx.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, squared_error
+from tcx.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class JumpReLUConfig(DictionaryConfig):
+    l0_coeff: float = 1.0
+    """Weight of the L0 penalty (features firing per row)."""
+    bandwidth: float = 1e-3
+    """Width of the kernel that stands in for the step function's derivative."""
+    init_threshold: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.l0_coeff < 0:
+            raise ConfigError(f"l0_coeff must be non-negative, got {self.l0_coeff}.")
+        if self.bandwidth <= 0 or self.init_threshold <= 0:
+            raise ConfigError("bandwidth and init_threshold must be positive.")
+
+    def build(self, d_in: int, d_out: int, seed: int = 0) -> JumpReLUDictionary:
+        return JumpReLUDictionary(self, d_in, d_out, seed)
+
+
+def _kernel(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    return ((pre - threshold).abs() < bandwidth / 2).to(pre.dtype) / bandwidth
+
+
+class _JumpReLU(torch.autograd.Function):
+    """pre·H(pre-θ): the usual gradient for pre, the kernel pseudo-derivative for θ."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, threshold = ctx.saved_tensors
+        d_pre = grad * (pre > threshold).to(pre.dtype)
+        d_theta = -(threshold * _kernel(pre, threshold, ctx.bandwidth) * grad).sum(0)
+        return d_pre, d_theta, None
+
+
+class _Step(torch.autograd.Function):
+    """H(pre-θ), with the kernel pseudo-derivative for θ (pre gets none, as in the paper)."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, threshold = ctx.saved_tensors
+        d_theta = -(_kernel(pre, threshold, ctx.bandwidth) * grad).sum(0)
+        return None, d_theta, None
+
+
+class JumpReLUDictionary(Dictionary):
+    cfg: JumpReLUConfig
+
+    def __init__(self, cfg: JumpReLUConfig, d_in: int, d_out: int, seed: int = 0):
+        super().__init__(cfg, d_in, d_out, seed)
+        self.log_threshold = nn.Parameter(torch.full((self.d_sae,), math.log(cfg.init_threshold)))
+
+    @property
+    def threshold(self) -> Float[Tensor, " d_sae"]:
+        return self.log_threshold.exp()
+
+    def pre_activation(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        return (x @ self.W_enc + self.b_enc).relu()
+
+    def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        return _JumpReLU.apply(self.pre_activation(x), self.threshold, self.cfg.bandwidth)
+
+    def loss(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
+             sparsity_scale: float = 1.0) -> StepOutput:
+        pre = self.pre_activation(x)
+        z = _JumpReLU.apply(pre, self.threshold, self.cfg.bandwidth)
+        y = self.decode(z)
+        mse = squared_error(y, target)
+        l0 = _Step.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
+        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l0_coeff * l0, mse, l0)

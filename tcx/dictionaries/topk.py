@@ -1,0 +1,84 @@
+"""TopK dictionary (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+
+    z = TopK_k(ReLU(x @ W_enc + b_enc))      y = z @ W_dec + b_dec      loss = ||y - target||^2
+
+Exactly k features fire per row, so sparsity needs no penalty. The decoder is kept at unit norm.
+AuxK: latents that have been dead for a while are asked to explain the residual with their own
+top `aux_k`, which keeps them learning (switch off with `aux_coeff=0` or `trainer.auxk=false`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from tcx.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, squared_error
+from tcx.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class TopKConfig(DictionaryConfig):
+    k: int = 32
+    """Active features per row."""
+    aux_k: int = 256
+    """Dead latents used by the AuxK loss."""
+    aux_coeff: float = 1 / 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.k <= 0:
+            raise ConfigError(f"k must be a positive integer, got {self.k}.")
+        if self.aux_k < 0 or self.aux_coeff < 0:
+            raise ConfigError("aux_k and aux_coeff must be non-negative.")
+
+    def build(self, d_in: int, d_out: int, seed: int = 0) -> TopKDictionary:
+        if self.k > self.width(d_in):
+            raise ConfigError(f"k={self.k} is more than the {self.width(d_in)} features.")
+        return TopKDictionary(self, d_in, d_out, seed)
+
+
+def topk_rows(pre: Float[Tensor, "batch d_sae"], k: int) -> Float[Tensor, "batch d_sae"]:
+    """Keep each row's k largest (positive) entries, zero the rest."""
+    values, index = pre.relu().topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter_(-1, index, values)
+
+
+class TopKDictionary(Dictionary):
+    cfg: TopKConfig
+    unit_decoder = True
+    supports_auxk = True
+
+    def __init__(self, cfg: TopKConfig, d_in: int, d_out: int, seed: int = 0):
+        super().__init__(cfg, d_in, d_out, seed)
+        self.register_buffer("dead", torch.zeros(self.d_sae, dtype=torch.bool), persistent=False)
+        """Set by the AuxK callback: latents that have not fired for the dead window."""
+
+    def pre_activation(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        return x @ self.W_enc + self.b_enc
+
+    def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        return topk_rows(self.pre_activation(x), self.cfg.k)
+
+    def aux_loss(self, pre: Tensor, residual: Tensor, dead: Bool[Tensor, " d_sae"]) -> Tensor:
+        """How well the top `aux_k` dead latents explain what the live ones missed (normalised)."""
+        n_dead = int(dead.sum())
+        if n_dead == 0 or self.cfg.aux_coeff == 0 or self.cfg.aux_k == 0:
+            return pre.new_zeros(())
+        z = topk_rows(pre.masked_fill(~dead, 0.0), min(self.cfg.aux_k, n_dead))
+        explained = z @ self.W_dec
+        return squared_error(explained, residual) / residual.pow(2).sum(-1).mean().clamp_min(1e-8)
+
+    def loss(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
+             sparsity_scale: float = 1.0) -> StepOutput:
+        pre = self.pre_activation(x)
+        z = self.select(pre)
+        y = self.decode(z, x)
+        mse = squared_error(y, target)
+        aux = self.aux_loss(pre, (target - y).detach(), self.dead) if self.training else mse.new_zeros(())
+        return StepOutput(y, z, mse + self.cfg.aux_coeff * aux, mse, aux)
+
+    def select(self, pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
+        return topk_rows(pre, self.cfg.k)

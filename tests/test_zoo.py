@@ -1,0 +1,191 @@
+"""Every dictionary kind against the math of its paper, and a new kind added with no tcx file touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tcx.config import build_node
+from tcx.dictionaries.io import load_dictionary, save_dictionary
+from tcx.training.callbacks import DeadFeatures, Resample
+from tcx.training.run import train
+from tests.test_configs import options
+
+GEN = torch.Generator().manual_seed(0)
+
+
+def kind(make_cfg, name: str, *overrides: str, d_in: int = 16, d_out: int = 16, seed: int = 0):
+    cfg = build_node(make_cfg(f"dictionary={name}", *overrides).dictionary, "dictionary")
+    return cfg.build(d_in, d_out, seed=seed)
+
+
+def test_topk_fires_exactly_k_per_token(make_cfg):
+    d = kind(make_cfg, "topk", "dictionary.k=5")
+    x = torch.randn(300, 16, generator=GEN)
+    z = d.encode(x)
+    assert torch.equal((z != 0).sum(-1), torch.full((300,), 5))
+    assert (z >= 0).all()
+
+
+def test_batchtopk_fires_k_per_row_on_average_and_its_threshold_reproduces_the_rate(make_cfg):
+    d = kind(make_cfg, "batchtopk", "dictionary.k=4", "dictionary.threshold_momentum=0.9")
+    d.train()
+    for _ in range(200):
+        x = torch.randn(256, 16, generator=GEN)
+        out = d(x, x)
+        assert int((out.z != 0).sum()) == 4 * 256
+        assert not torch.equal((out.z != 0).sum(-1), torch.full((256,), 4))  # per batch, not per row
+    d.eval()
+    held_out = torch.randn(4096, 16, generator=GEN)
+    l0 = (d.encode(held_out) != 0).sum(-1).float().mean().item()
+    assert abs(l0 - 4) < 0.4, l0
+
+
+def test_jumprelu_zeroes_below_threshold_and_trains_the_threshold(make_cfg):
+    d = kind(make_cfg, "jumprelu", "dictionary.bandwidth=0.5")
+    with torch.no_grad():
+        d.log_threshold.fill_(0.0)  # θ = 1
+    x = torch.randn(512, 16, generator=GEN) * 3
+    pre = d.pre_activation(x)
+    z = d.encode(x)
+    assert torch.equal(z[pre <= 1.0], torch.zeros_like(z[pre <= 1.0]))
+    assert torch.equal(z[pre > 1.0], pre[pre > 1.0])
+    out = d(x, x)
+    out.loss.backward()
+    assert d.log_threshold.grad is not None and d.log_threshold.grad.abs().sum() > 0
+    # the L0 penalty alone pushes thresholds up (fewer features fire)
+    d.zero_grad()
+    d(x, x).sparsity.backward()
+    assert (d.log_threshold.grad <= 0).all() and (d.log_threshold.grad < 0).any()
+
+
+def test_skip_transcoder_fits_a_linear_map_exactly_by_least_squares(make_cfg):
+    d = kind(make_cfg, "skip_transcoder", d_in=12, d_out=8)
+    with torch.no_grad():
+        d.W_enc.zero_()
+        d.b_enc.zero_()
+    A, c = torch.randn(12, 8, generator=GEN), torch.randn(8, generator=GEN)
+    x = torch.randn(500, 12, generator=GEN)
+    d.fit_skip_(x, x @ A + c)
+    torch.testing.assert_close(d.reconstruct(x), x @ A + c, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(d.W_skip.detach(), A, atol=1e-4, rtol=1e-4)
+
+
+def test_gated_paths_share_the_encoder(make_cfg):
+    d = kind(make_cfg, "gated")
+    x = torch.randn(64, 16, generator=GEN)
+    names = {n for n, _ in d.named_parameters()}
+    assert names == {"W_enc", "b_enc", "W_dec", "b_dec", "r_mag", "b_mag"}  # no separate W_mag
+    with torch.no_grad():
+        d.r_mag.copy_(torch.randn(d.d_sae, generator=GEN))
+    torch.testing.assert_close(d.magnitude(x) - d.b_mag, x @ d.W_enc * d.r_mag.exp())
+    with torch.no_grad():  # with r_mag = 0 and b_mag = b_enc, gating is a plain ReLU
+        d.r_mag.zero_()
+        d.b_mag.copy_(d.b_enc)
+    torch.testing.assert_close(d.encode(x), torch.relu(x @ d.W_enc + d.b_enc))
+    d(x, x).loss.backward()
+    assert d.W_enc.grad.abs().sum() > 0 and d.r_mag.grad.abs().sum() > 0
+
+
+def test_auxk_trains_dead_latents_on_the_residual(make_cfg):
+    d = kind(make_cfg, "topk", "dictionary.k=2", "dictionary.aux_k=4")
+    x = torch.randn(128, 16, generator=GEN)
+    assert d(x, x).sparsity.item() == 0.0  # nothing dead yet
+    d.dead[:10] = True
+    out = d(x, x)
+    assert out.sparsity.item() > 0
+    out.loss.backward()
+    assert d.W_enc.grad[:, :10].abs().sum() > 0
+
+
+def test_resampling_restarts_dead_features(make_cfg):
+    d = kind(make_cfg, "transcoder")
+    dead = DeadFeatures(window_tokens=100)
+    dead.since["main"], dead.tokens_seen = torch.zeros(d.d_sae, dtype=torch.long), 1000
+    dead.since["main"][:7] = 500
+    before = d.W_dec.detach().clone()
+    x = torch.randn(64, 16, generator=GEN)
+    out = d(x, x)
+    module = SimpleNamespace(members={"main": d})
+    trainer = SimpleNamespace(global_step=10, max_steps=100, optimizers=[torch.optim.Adam(d.parameters())])
+    Resample(dead, every_steps=10, seed=0).on_train_batch_end(
+        trainer, module, {"outs": {"main": out}}, {"mlp_in": x, "mlp_out": x}, 0)
+    assert not torch.equal(d.W_dec[:7], before[:7]) and torch.equal(d.W_dec[7:], before[7:])
+    assert (dead.since["main"] == 0).all()
+
+
+@pytest.mark.parametrize("name", options("dictionary"))
+def test_every_kind_round_trips_and_trains_on_the_tiny_model(make_cfg, tmp_path, name):
+    d = kind(make_cfg, name)
+    with torch.no_grad():
+        for p in d.parameters():
+            p.add_(torch.randn(p.shape, generator=GEN) * 0.01)
+    save_dictionary(d, tmp_path / "saved", {"model": "tiny"})
+    loaded, _ = load_dictionary(tmp_path / "saved")
+    x = torch.randn(32, 16, generator=GEN)
+    d.eval(), loaded.eval()
+    torch.testing.assert_close(loaded.reconstruct(x), d.reconstruct(x))
+    final = train(make_cfg(f"dictionary={name}", "trainer.max_tokens=2048", "trainer.eval_tokens=1024"),
+                  tmp_path / "run")
+    assert final["main"]["tokens"] == 2048 and "recovered_mean" in final["main"]
+    assert json.loads((tmp_path / "run" / "dictionary.json").read_text())["kind"].startswith("tcx.")
+
+
+def test_every_kind_is_a_transcoder_or_an_sae_by_one_key(make_cfg):
+    for name in ("topk", "batchtopk", "jumprelu", "gated", "skip_transcoder"):
+        cfg = build_node(make_cfg(f"dictionary={name}", "dictionary.input_site=mlp_out").dictionary,
+                         "dictionary")
+        assert not cfg.is_transcoder
+
+
+TOY = '''
+from dataclasses import dataclass
+import torch
+from tcx.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, squared_error
+
+
+@dataclass(kw_only=True)
+class SoftplusConfig(DictionaryConfig):
+    l1_coeff: float = 0.1
+
+    def build(self, d_in, d_out, seed=0):
+        return Softplus(self, d_in, d_out, seed)
+
+
+class Softplus(Dictionary):
+    def encode(self, x):
+        return torch.nn.functional.softplus(x @ self.W_enc + self.b_enc) - 0.6931
+
+    def loss(self, x, target, sparsity_scale=1.0):
+        z = self.encode(x)
+        y = self.decode(z)
+        mse = squared_error(y, target)
+        l1 = z.abs().sum(-1).mean()
+        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1, mse, l1)
+'''
+
+
+def test_a_new_kind_is_one_module_and_one_yaml(tmp_path, cache_dir, monkeypatch):
+    (tmp_path / "toy_kind.py").write_text(TOY)
+    conf = tmp_path / "conf" / "dictionary"
+    conf.mkdir(parents=True)
+    (conf / "softplus.yaml").write_text("_target_: toy_kind.SoftplusConfig\ninput_site: mlp_in\n"
+                                        "target_site: mlp_out\nexpansion_factor: 2\nl1_coeff: 0.01\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    run = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "tcx.cli.train", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+         "experiment=smoke", "dictionary=softplus", "trainer.max_tokens=4096", "trainer.progress_bar=false",
+         f"hydra.run.dir={run}", f"cache_dir={cache_dir}"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run / "dictionary.json").read_text())["kind"] == "toy_kind.SoftplusConfig"
+    monkeypatch.syspath_prepend(str(tmp_path))  # the user's module is importable where they load it
+    loaded, _ = load_dictionary(run)
+    assert type(loaded).__name__ == "Softplus" and Path(run / "metrics.json").is_file()
