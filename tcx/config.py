@@ -105,6 +105,8 @@ class TrainConfig:
     cache_dir: str = MISSING
     """Where tokenised corpora are cached between runs."""
     run_name: str = MISSING
+    group: str | None = None
+    """Groups runs in W&B (tcx-sweep sets it to the sweep's name)."""
     tags: list[str] = field(default_factory=list)
 
 

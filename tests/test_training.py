@@ -99,3 +99,14 @@ def test_wandb_offline_gives_each_bank_member_its_own_run(make_cfg, tmp_path, mo
         runs = list((tmp_path / name / "wandb").glob("offline-run-*/run-*.wandb"))
         assert len(runs) == 1, name
         assert runs[0].stat().st_size > 1000
+
+
+def test_a_bank_may_mix_dictionary_kinds(make_cfg, tmp_path):
+    final = train(make_cfg("trainer.max_tokens=4096", "trainer.eval_tokens=0",
+                           "bank=[{name: relu}, {dictionary: topk, k: 4, name: topk},"
+                           " {dictionary: sae, name: sae}]"), tmp_path)
+    assert set(final) == {"relu", "topk", "sae"}
+    kinds = {n: json.loads((tmp_path / n / "dictionary.json").read_text()) for n in final}
+    assert kinds["topk"]["kind"].endswith("TopKConfig") and kinds["topk"]["config"]["k"] == 4
+    assert kinds["sae"]["config"]["input_site"] == "mlp_out"
+    assert abs(final["topk"]["l0"] - 4) < 1e-6

@@ -24,7 +24,7 @@ from tcx.errors import ConfigError
 
 @dataclass(kw_only=True)
 class GatedConfig(DictionaryConfig):
-    l1_coeff: float = 3.0
+    l1_coeff: float = 5.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

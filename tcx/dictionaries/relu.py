@@ -21,7 +21,7 @@ from tcx.errors import ConfigError
 
 @dataclass(kw_only=True)
 class ReLUConfig(DictionaryConfig):
-    l1_coeff: float = 3.0
+    l1_coeff: float = 5.0
     """Weight of the L1 penalty; larger is sparser (lower L0) and less faithful."""
 
     def __post_init__(self) -> None:

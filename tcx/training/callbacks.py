@@ -139,6 +139,8 @@ class HeldOutEvaluation(L.Callback):
         lm, heldout = trainer.datamodule.lm, self.windows.heldout[: self.n_windows]
         out = {}
         for m in self.members:
+            if m.key in pl_module.retired:
+                continue
             placed = Placed(pl_module.members[m.key], self.hooks[m.cfg.input_site],
                             self.hooks[m.cfg.target_site])
             rows, _, freqs = measure(lm, [placed], heldout, self.windows.valid, progress=False)
@@ -149,9 +151,10 @@ class HeldOutEvaluation(L.Callback):
         step = trainer.global_step
         if self.every_steps and step % self.every_steps == 0 and step < trainer.max_steps \
                 and trainer.is_global_zero:
+            rows = self.measure(trainer, pl_module)
             for m in self.members:
-                row, _ = self.measure(trainer, pl_module)[m.key]
-                m.log({f"eval/{k}": v for k, v in row.items() if isinstance(v, float)}, step)
+                if m.key in rows:
+                    m.log({f"eval/{k}": v for k, v in rows[m.key][0].items() if isinstance(v, float)}, step)
 
 
 class MemberReports(L.Callback):
@@ -200,6 +203,10 @@ class MemberReports(L.Callback):
             return
         held_out = self.evaluation.measure(trainer, pl_module) if self.evaluation else {}
         for key, member in self.members.items():
+            if key in pl_module.retired:
+                write_json(member.dir / "error.json", {"error": pl_module.retired[key]})
+                member.close_logger(None, failed=True)
+                continue
             summary = self.summary(key, trainer.global_step)
             if key in held_out:
                 row, frequency = held_out[key]

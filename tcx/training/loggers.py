@@ -29,6 +29,6 @@ def wandb_logger(save_dir: str, run_name: str, project: str, group: str | None =
                        tags=list(tags or []), entity=entity, mode=mode, reinit="create_new")
 
 
-def csv_logger(save_dir: str, run_name: str) -> CSVLogger:
+def csv_logger(save_dir: str, run_name: str, **_: object) -> CSVLogger:
     """Metrics to `<member dir>/logs/metrics.csv`: no account, no network."""
     return CSVLogger(save_dir=save_dir, name="logs", version="")

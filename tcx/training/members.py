@@ -65,22 +65,55 @@ def _member_name(overrides: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
 
 
-def plan_members(cfg: DictConfig, run_dir: Path) -> list[Member]:
-    """The members of this run: `dictionary` alone, or one per `bank` entry (each validated)."""
+def group_option(group: str, name: str) -> DictConfig:
+    """A config group option (conf/<group>/<name>.yaml, or one on hydra.searchpath) as a node."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tcx.cli.common import CONF_DIR
+
+    def load() -> DictConfig:
+        try:
+            return compose(config_name="train", overrides=[f"{group}={name}"])[group]
+        except Exception as e:  # noqa: BLE001 - hydra's own message lists the options
+            raise ConfigError(f"bank: {e}") from None
+
+    if GlobalHydra.instance().is_initialized():
+        return load()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return load()
+
+
+def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Path, str]]:
+    """The members of this run: `dictionary` alone, or one per `bank` entry (each validated).
+
+    An entry overrides keys of `dictionary`, or, with `dictionary: <kind>`, of that group option.
+    In a bank of several, a member with an impossible value is returned among the failures
+    (folder -> error) so the others still train; alone, it raises.
+    """
     entries = [dict(e) for e in OmegaConf.to_container(cfg.bank, resolve=True)] if cfg.bank else []
     if not entries:
         return [Member("main", run_dir, build_node(cfg.dictionary, "dictionary"), cfg,
-                       cfg.get("logger"))]
-    members, seen = [], set()
+                       cfg.get("logger"))], {}
+    members, failures, seen = [], {}, set()
     for i, overrides in enumerate(entries):
         name = str(overrides.pop("name", None) or _member_name(overrides))
         key = re.sub(r"\W", "_", name)
         if key in seen:
             raise ConfigError(f"bank[{i}]: member name '{name}' is used twice; give each a `name`.")
         seen.add(key)
-        node = OmegaConf.merge(cfg.dictionary, overrides)
-        solo = OmegaConf.merge(cfg, {"bank": []})
-        solo.dictionary = node
-        members.append(Member(name, run_dir / name, build_node(node, f"bank[{i}]"), solo,
-                              cfg.get("logger")))
-    return members
+        try:
+            kind = overrides.pop("dictionary", None)
+            base = group_option("dictionary", kind) if kind else cfg.dictionary
+            node = OmegaConf.merge(base, overrides)
+            solo = OmegaConf.merge(cfg, {"bank": [], "tags": [*cfg.tags, name]})
+            solo.dictionary = node
+            members.append(Member(name, run_dir / name, build_node(node, f"bank[{i}]"), solo,
+                                  solo.get("logger")))
+        except ConfigError as e:
+            if len(entries) == 1:
+                raise
+            failures[run_dir / name] = str(e)
+    if not members:
+        raise ConfigError("every member of the bank is invalid: " + "; ".join(failures.values()))
+    return members, failures

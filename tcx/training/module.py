@@ -24,6 +24,8 @@ class DictionaryBank(L.LightningModule):
         super().__init__()
         self.members = nn.ModuleDict(dict(members))
         self.optimizer_factory, self.lr, self.schedule = optimizer, lr, schedule
+        self.retired: dict[str, str] = {}
+        """Members of a bank whose loss went non-finite: they stop training, the others go on."""
 
     def on_train_start(self) -> None:
         if self.global_step == 0:  # a resumed run keeps its trained b_dec
@@ -36,17 +38,26 @@ class DictionaryBank(L.LightningModule):
         scale = self.schedule.sparsity_scale(self.global_step)
         outs: dict[str, StepOutput] = {
             name: m(batch[m.cfg.input_site], batch[m.cfg.target_site], sparsity_scale=scale)
-            for name, m in self.members.items()
+            for name, m in self.members.items() if name not in self.retired
         }
         loss = torch.stack([o.loss for o in outs.values()]).sum()
         if not torch.isfinite(loss):
             bad = [n for n, o in outs.items() if not torch.isfinite(o.loss)]
-            raise NonFiniteLossError(
-                f"step {self.global_step}: the loss of {', '.join(bad)} is {loss.item()}. Training "
-                "stopped; the last good checkpoint is kept. Lower lr, raise trainer.lr_warmup_steps, "
-                "or check the activations for inf.")
+            message = (f"step {self.global_step}: the loss of {', '.join(bad)} is {loss.item()}. "
+                       "Lower lr, raise trainer.lr_warmup_steps, or check the activations for inf.")
+            if len(bad) == len(outs):
+                raise NonFiniteLossError(f"{message} Training stopped; the last good checkpoint is kept.")
+            self.retired.update({n: message for n in bad})
+            outs = {n: o for n, o in outs.items() if n not in bad}
+            loss = torch.stack([o.loss for o in outs.values()]).sum()
         self.log("loss", loss, prog_bar=True, logger=False)
         return {"loss": loss, "outs": {n: StepOutput(*(t.detach() for t in o)) for n, o in outs.items()}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["retired"] = dict(self.retired)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.retired = dict(checkpoint.get("retired", {}))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         for member in self.members.values():

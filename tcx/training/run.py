@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from tcx.config import TrainerConfig, build_node
 from tcx.data.windows import load_windows
 from tcx.errors import ConfigError
-from tcx.io import write_text
+from tcx.io import write_json, write_text
 from tcx.training.callbacks import (
     AuxK,
     DeadFeatures,
@@ -68,10 +68,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
     spec.check_layer(cfg.layer)
     corpus = build_node(cfg.data, "data")
     tcfg: TrainerConfig = OmegaConf.to_object(cfg.trainer)
-    members = plan_members(cfg, run_dir)
+    members, failures = plan_members(cfg, run_dir)
     checkpoint = resume_checkpoint(run_dir)
     check_resume_config(run_dir, cfg)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    for directory, error in failures.items():
+        log.error("bank member %s not trained: %s", directory.name, error)
+        write_json(directory / "error.json", {"error": error})
 
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)

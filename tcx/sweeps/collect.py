@@ -1,0 +1,62 @@
+"""After a sweep: which points finished, which failed and why, written to sweep.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tcx.io import write_json
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def job_log(job: Path, sweep_dir: Path) -> Path | None:
+    """The job's own log: Hydra's, else submitit's stderr for it."""
+    logs = sorted(job.glob("*.log")) + sorted((sweep_dir / ".submitit").glob(f"*_{job.name}/*_log.err"))
+    return logs[0] if logs else None
+
+
+def points_of(job: Path) -> list[Path]:
+    """A packed job's points are its member folders; an unpacked job is one point."""
+    members = [p for p in job.iterdir() if p.is_dir() and not p.name.startswith(".")
+               and p.name not in ("checkpoints", "logs", "wandb")
+               and any((p / f).exists() for f in ("metrics.json", "error.json", "config.yaml"))]
+    return sorted(members) or [job]
+
+
+def collect(sweep_dir: Path, name: str, expected_jobs: int) -> dict[str, Any]:
+    points = []
+    jobs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
+    for job in jobs:
+        log = job_log(job, sweep_dir)
+        for point in points_of(job):
+            row: dict[str, Any] = {"dir": str(point), "job": int(job.name), "log": str(log) if log else None}
+            if (point / "metrics.json").is_file():
+                row.update(status="done", metrics=json.loads((point / "metrics.json").read_text()))
+            else:
+                err = point / "error.json" if (point / "error.json").is_file() else job / "error.json"
+                row.update(status="failed", error=json.loads(err.read_text())["error"] if err.is_file()
+                           else "no metrics.json was written (killed, or failed outside tcx): see the log")
+            points.append(row)
+    for missing in range(len(jobs), expected_jobs):
+        points.append({"dir": str(sweep_dir / str(missing)), "job": missing, "status": "failed",
+                       "error": "the job never started (see the launcher's output)", "log": None})
+    summary = {"name": name, "sweep_dir": str(sweep_dir), "points": points,
+               "done": sum(p["status"] == "done" for p in points),
+               "failed": sum(p["status"] == "failed" for p in points)}
+    write_json(sweep_dir / "sweep.json", summary)
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"\nsweep {summary['name']}: {summary['done']} done, {summary['failed']} failed "
+          f"({summary['sweep_dir']}/sweep.json)")
+    for p in summary["points"]:
+        if p["status"] == "done":
+            m = p["metrics"]
+            print(f"  done    {p['dir']}  L0 {m.get('l0', float('nan')):.1f}  FVU {m.get('fvu', float('nan')):.4f}")
+        else:
+            print(f"  FAILED  {p['dir']}: {p['error']}" + (f"\n          log: {p['log']}" if p["log"] else ""))

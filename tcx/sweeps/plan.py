@@ -1,0 +1,56 @@
+"""From a sweep spec to the overrides of one Hydra multirun of tcx-train.
+
+Packed (the default): grid keys outside `dictionary` become multirun sweeps (one job each), and
+the `dictionary` part of the grid becomes that job's bank, trained from one pass of the model.
+Unpacked: every grid key is a multirun sweep, one job per point.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from typing import Any
+
+from tcx.sweeps.spec import SweepSpec
+
+
+def hydra_value(value: Any) -> str:
+    """A value as Hydra's override grammar reads it back unchanged."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = str(value)
+    return text if re.fullmatch(r"[A-Za-z0-9_.+-]+", text) else json.dumps(text)
+
+
+def member(point: dict[str, Any]) -> dict[str, Any]:
+    """A bank entry: `dictionary` names the kind, `dictionary.k` becomes `k`."""
+    entry: dict[str, Any] = {}
+    for key, value in point.items():
+        entry["dictionary" if key == "dictionary" else key.removeprefix("dictionary.")] = value
+    entry["name"] = "-".join(f"{k.removeprefix('dictionary.')}={v}" if k != "dictionary" else str(v)
+                             for k, v in point.items()).replace("/", "_")
+    return entry
+
+
+def bank_literal(entries: list[dict[str, Any]]) -> str:
+    def item(e: dict[str, Any]) -> str:
+        return "{" + ", ".join(f"{k}: {json.dumps(v) if isinstance(v, str) else v}" for k, v in e.items()) + "}"
+
+    return "bank=[" + ", ".join(item(e) for e in entries) + "]"
+
+
+def multirun_overrides(spec: SweepSpec) -> list[str]:
+    job_keys = [k for k in spec.grid if not (spec.pack and SweepSpec.is_dictionary_key(k))]
+    bank_keys = [k for k in spec.grid if k not in job_keys]
+    out = [f"{k}={','.join(hydra_value(v) for v in spec.grid[k])}" for k in job_keys]
+    if bank_keys:
+        combos = [dict(zip(bank_keys, values, strict=True))
+                  for values in itertools.product(*(spec.grid[k] for k in bank_keys))]
+        out.append(bank_literal([member(c) for c in combos]))
+    return out
+
+
+def jobs(spec: SweepSpec) -> int:
+    return len(list(itertools.product(*(v for k, v in spec.grid.items()
+                                        if not (spec.pack and SweepSpec.is_dictionary_key(k))))))
