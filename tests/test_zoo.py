@@ -189,3 +189,19 @@ def test_a_new_kind_is_one_module_and_one_yaml(tmp_path, cache_dir, monkeypatch)
     monkeypatch.syspath_prepend(str(tmp_path))  # the user's module is importable where they load it
     loaded, _ = load_dictionary(run)
     assert type(loaded).__name__ == "Softplus" and Path(run / "metrics.json").is_file()
+
+
+def test_batchtopk_is_evaluated_with_its_threshold_on_rows(make_cfg, tmp_path):
+    """Held-out evaluation and splicing must use inference behaviour on [rows, d], not batch ranking."""
+    from tcx.evaluation.splice import Placed, splice_hooks
+
+    d = kind(make_cfg, "batchtopk", "dictionary.k=3")
+    d.train()
+    for _ in range(50):
+        x = torch.randn(512, 16, generator=GEN)
+        d(x, x)
+    d.eval()
+    acts = torch.randn(4, 10, 16, generator=GEN)
+    (hook_name, write), = splice_hooks([Placed(d, "h", "h")], slice(0, 10))
+    spliced = write(acts, None)
+    torch.testing.assert_close(spliced, d.reconstruct(acts.reshape(-1, 16)).reshape(4, 10, 16))

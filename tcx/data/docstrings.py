@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 import site
 import sysconfig
 import warnings
@@ -42,9 +43,17 @@ def docstrings_of(path: Path) -> list[str]:
     return [d for n in nodes if (d := ast.get_docstring(n))]
 
 
+def _worker_signals() -> None:
+    """Workers leave SLURM's warning signal to the main process (which checkpoints and requeues),
+    and die on SIGTERM as Pool.terminate() expects: under submitit they inherit a handler that
+    ignores SIGTERM, and the pool would then wait for them forever."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def iter_docstrings(site_packages: bool = True, min_chars: int = 40) -> Iterator[str]:
     files = source_files(site_packages)
     # ast.parse is the cost (about 30 s for the stdlib alone): parse on every core, keep the order.
-    with Pool(processes=min(4, os.cpu_count() or 1)) as pool:
+    with Pool(processes=min(4, os.cpu_count() or 1), initializer=_worker_signals) as pool:
         for docs in pool.imap(docstrings_of, files, chunksize=16):
             yield from (d for d in docs if len(d) >= min_chars)

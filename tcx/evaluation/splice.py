@@ -39,10 +39,11 @@ def splice_hooks(placed: Sequence[Placed], valid: slice) -> list[tuple[str, Call
             return act
 
         def write(act: Tensor, hook, p=p, captured=captured) -> Tensor:
-            x = captured.pop("x", act)
+            x = captured.pop("x", act)[:, valid]
             out = act.clone()
             d = p.dictionary
-            out[:, valid] = d.reconstruct(x[:, valid].to(d.W_enc.dtype)).to(act.dtype)
+            rows = x.reshape(-1, x.shape[-1]).to(d.W_enc.dtype)  # dictionaries see rows, as in training
+            out[:, valid] = d.reconstruct(rows).reshape(*x.shape[:-1], -1).to(act.dtype)
             return out
 
         if p.input_hook != p.target_hook:

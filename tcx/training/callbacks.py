@@ -141,9 +141,13 @@ class HeldOutEvaluation(L.Callback):
         for m in self.members:
             if m.key in pl_module.retired:
                 continue
-            placed = Placed(pl_module.members[m.key], self.hooks[m.cfg.input_site],
-                            self.hooks[m.cfg.target_site])
-            rows, _, freqs = measure(lm, [placed], heldout, self.windows.valid, progress=False)
+            dictionary = pl_module.members[m.key]
+            placed = Placed(dictionary, self.hooks[m.cfg.input_site], self.hooks[m.cfg.target_site])
+            dictionary.eval()  # inference behaviour, e.g. BatchTopK's threshold instead of batch ranking
+            try:
+                rows, _, freqs = measure(lm, [placed], heldout, self.windows.valid, progress=False)
+            finally:
+                dictionary.train()
             out[m.key] = (rows[0], freqs[0])
         return out
 
@@ -168,6 +172,9 @@ class MemberReports(L.Callback):
         self.batch_size, self.log_every, self.meta = batch_size, log_every, meta
         self.recent: dict[str, deque] = {m.key: deque(maxlen=window) for m in members}
         self.final: dict[str, dict[str, float]] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.resumed_from_step = trainer.global_step
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
@@ -196,7 +203,8 @@ class MemberReports(L.Callback):
         recent = self.recent[key]
         out = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]} if recent else {}
         return {**out, "dead_fraction": self.dead.fraction(key), "tokens": step * self.batch_size,
-                "steps": step, "tokens_per_second": self.throughput.tokens_per_second}
+                "steps": step, "tokens_per_second": self.throughput.tokens_per_second,
+                "resumed_from_step": getattr(self, "resumed_from_step", 0)}
 
     def on_train_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:

@@ -27,6 +27,7 @@ from tcx.training.checkpoint import AtomicCheckpointIO, resume_checkpoint
 from tcx.training.data import ActivationData
 from tcx.training.members import plan_members
 from tcx.training.module import DictionaryBank
+from tcx.training.preemption import CheckpointOnSignal
 from tcx.training.schedule import Schedule
 from tcx.training.summary import print_summary
 
@@ -106,6 +107,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
         max_steps=tcfg.max_steps, max_epochs=-1, accelerator=tcfg.accelerator, devices=tcfg.devices,
         num_nodes=tcfg.num_nodes, strategy=tcfg.strategy, precision=tcfg.precision,
         callbacks=[dead, throughput, reports, checkpoints, *([evaluation] if evaluation else []),
+                   CheckpointOnSignal(run_dir / "checkpoints" / "last.ckpt"),
                    *([AuxK(dead)] if tcfg.auxk else []),
                    *([Resample(dead, max(1, tcfg.resample_every_n_tokens // tcfg.batch_size), cfg.seed)]
                      if tcfg.resample_every_n_tokens else [])]
@@ -115,7 +117,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
         num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
         default_root_dir=run_dir)
     if checkpoint is not None:
-        log.info("resuming from %s", checkpoint)
+        log.info("resuming from %s", checkpoint)  # the step is in metrics.json: resumed_from_step
     trainer.fit(bank, datamodule=data, ckpt_path=checkpoint)
     if trainer.is_global_zero:
         print_summary(members, reports.final)

@@ -1,0 +1,172 @@
+"""Sweeps: files, packing, failure isolation, and a real SLURM (skipped without one, never in CI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tcx.cli.sweep import slurm_answers
+from tcx.errors import ConfigError
+from tcx.sweeps.plan import jobs, multirun_overrides
+from tcx.sweeps.spec import SweepSpec
+from tcx.sweeps.validate import check_grid_keys
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def slurm():
+    if not slurm_answers():
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the SLURM tests: `scripts/slurm-local.sh up` did not leave a cluster")
+        pytest.skip("no SLURM here (sinfo does not answer); scripts/slurm-local.sh up starts one")
+
+
+def sweep_file(tmp_path: Path, grid: dict, overrides: list[str], name: str = "t") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps({"name": name, "overrides": overrides, "grid": grid}))
+    return path
+
+
+def tcx_sweep(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tcx.cli.sweep", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def small(cache_dir) -> list[str]:
+    return ["experiment=smoke", "trainer.max_tokens=8192", "trainer.eval_tokens=1024",
+            "trainer.progress_bar=false", f"cache_dir={cache_dir}"]
+
+
+def test_shipped_sweeps_load_and_pack():
+    for path in sorted((REPO / "sweeps").glob("*.yaml")):
+        spec = SweepSpec.load(path)
+        assert spec.points()
+    frontier = SweepSpec.load(REPO / "sweeps" / "l1-frontier.yaml")
+    assert len(frontier.points()) == 10 and jobs(frontier) == 1
+    (bank,) = multirun_overrides(frontier)
+    assert bank.startswith("bank=[") and bank.count("{") == 10
+    assert jobs(SweepSpec.load(REPO / "sweeps" / "all-layers.yaml")) == 6
+    smoke = SweepSpec.load(REPO / "sweeps" / "smoke.yaml")
+    assert len(smoke.points()) == 4 and jobs(smoke) == 1
+
+
+def test_bad_sweep_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"does not exist"):
+        SweepSpec.load(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"grid"):
+        SweepSpec.load(sweep_file(tmp_path, {}, []))
+    with pytest.raises(ConfigError, match=r"'dictionary\.l1_coef' is not a field"):
+        check_grid_keys(SweepSpec.load(sweep_file(tmp_path, {"dictionary.l1_coef": [1]}, [])), ["experiment=smoke"])
+    with pytest.raises(ConfigError, match=r"trainer\.max_tokenz"):
+        check_grid_keys(SweepSpec.load(sweep_file(tmp_path, {"trainer.max_tokenz": [1]}, [])), ["experiment=smoke"])
+
+
+def test_unanswering_cluster_submits_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sinfo on PATH
+    out = subprocess.run([sys.executable, "-m", "tcx.cli.sweep", str(REPO / "sweeps" / "smoke.yaml"),
+                          "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 's'}"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 1 and "SLURM cluster does not answer" in out.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_packed_local_sweep_isolates_a_failing_point(tmp_path, cache_dir):
+    path = sweep_file(tmp_path, {"dictionary.l1_coeff": [0.1, -1.0, 0.3]}, small(cache_dir))
+    out = tcx_sweep(str(path), f"hydra.sweep.dir={tmp_path / 's'}")
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    summary = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert summary["done"] == 2 and summary["failed"] == 1
+    (bad,) = [p for p in summary["points"] if p["status"] == "failed"]
+    assert "l1_coeff must be a non-negative number" in bad["error"]
+    assert {p["dir"].rsplit("/", 1)[1] for p in summary["points"]} == {
+        "l1_coeff=0.1", "l1_coeff=-1.0", "l1_coeff=0.3"}
+
+
+def test_nan_member_is_retired_and_the_rest_of_the_bank_finishes(make_cfg, tmp_path, monkeypatch):
+    from tcx.dictionaries.relu import ReLUDictionary
+    from tcx.training.run import train
+
+    loss = ReLUDictionary.loss
+
+    def poisoned(self, x, target, sparsity_scale=1.0):
+        out = loss(self, x, target, sparsity_scale)
+        return out._replace(loss=out.loss * float("nan")) if self.cfg.l1_coeff == 0.5 else out
+
+    monkeypatch.setattr(ReLUDictionary, "loss", poisoned)
+    final = train(make_cfg("trainer.max_tokens=8192", "bank=[{l1_coeff: 0.1, name: ok}, {l1_coeff: 0.5, name: nan}]"),
+                  tmp_path)
+    assert set(final) == {"ok"}
+    assert "loss of nan is nan" in json.loads((tmp_path / "nan" / "error.json").read_text())["error"]
+    assert not (tmp_path / "nan" / "dictionary.safetensors").exists()
+
+
+def submitted_tasks(sweep_dir: Path) -> set[str]:
+    """SLURM ids of the sweep's tasks: `<array>_<i>` (submitit also keeps a folder for the array)."""
+    names = {p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir()}
+    tasks = {n for n in names if "_" in n}
+    return tasks or names
+
+
+def sacct_states(job: str) -> list[str]:
+    for _ in range(50):  # accounting lags the end of a job by a moment
+        out = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], capture_output=True, text=True)
+        states = out.stdout.split()
+        if states and all(s not in ("RUNNING", "PENDING", "COMPLETING") for s in states):
+            return states
+        time.sleep(0.2)
+    return states
+
+
+@pytest.mark.parametrize("pack", ["true", "false"])
+def test_smoke_sweep_on_slurm(slurm, tmp_path, cache_dir, pack):
+    sweep_dir = tmp_path / "s"
+    out = tcx_sweep(str(REPO / "sweeps" / "smoke.yaml"), "hydra/launcher=slurm", f"sweep.pack={pack}",
+                    f"hydra.sweep.dir={sweep_dir}", f"cache_dir={cache_dir}", "trainer.progress_bar=false",
+                    "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = json.loads((sweep_dir / "sweep.json").read_text())
+    assert summary["done"] == 4 and summary["failed"] == 0
+    for point in summary["points"]:
+        assert {"l0", "fvu", "recovered_mean"} <= set(point["metrics"])
+    job_ids = submitted_tasks(sweep_dir)
+    assert len(job_ids) == (1 if pack == "true" else 4)
+    for job in job_ids:
+        assert sacct_states(job) == ["COMPLETED"], job
+
+
+def test_preempted_slurm_job_resumes_from_its_checkpoint(slurm, tmp_path, cache_dir):
+    path = sweep_file(tmp_path, {"seed": [0]}, ["experiment=smoke", "trainer.max_tokens=1_500_000",
+                                                  "trainer.checkpoint_every_n_steps=200", "trainer.eval_tokens=0",
+                                                  "trainer.progress_bar=false", f"cache_dir={cache_dir}"])
+    sweep_dir = tmp_path / "s"
+    proc = subprocess.Popen([sys.executable, "-m", "tcx.cli.sweep", str(path), "hydra/launcher=slurm",
+                             f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.cpus_per_task=1",
+                             "hydra.launcher.mem_gb=2"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    ckpt = sweep_dir / "0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert ckpt.exists(), "the job never wrote its first checkpoint"
+    (job,) = submitted_tasks(sweep_dir)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    while time.time() < deadline:  # requeued jobs wait ~120 s (BeginTime) unless told otherwise
+        state = subprocess.run(["squeue", "-h", "-j", job.split("_")[0], "-o", "%T"], capture_output=True,
+                               text=True).stdout.split()
+        if state == ["PENDING"]:
+            subprocess.run(["scontrol", "update", f"JobId={job.split('_')[0]}", "StartTime=now"])
+            break
+        time.sleep(0.2)
+    output = proc.communicate(timeout=max(10, deadline - time.time()))[0]
+    assert proc.returncode == 0, output[-3000:]
+    metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] > 0, "the requeued job started again from step 0"
+    assert metrics["tokens"] == 1_500_000 // 1024 * 1024
+    assert sacct_states(job) == ["COMPLETED"]
