@@ -142,3 +142,24 @@ def test_tcx_eval_cli_on_a_trained_run(make_cfg, tmp_path):
     wanted = {"recovered_zero", "recovered_mean", "loss_spliced", "kl", "train_l0", "dense_fraction"}
     assert wanted <= set(metrics)
     assert (tmp_path / "feature_density.png").is_file()
+
+
+def test_copies_at_every_layer_spliced_together_recover_everything(make_cfg, tmp_path):
+    runs = [place(make_cfg(f"layer={layer}"), tmp_path / f"L{layer}", copy_mlp, d_sae=256) for layer in (0, 1)]
+    results = evaluate(runs, max_tokens=TOKENS, plots=False)
+    joint = results["joint"]
+    assert abs(joint["loss_spliced"] - joint["loss_clean"]) < 1e-5 and joint["kl"] < 1e-6
+    assert abs(joint["recovered_zero"] - 1.0) < 1e-3
+    assert (tmp_path / "eval_joint.json").is_file()
+
+
+def test_dead_and_dense_fractions_on_hand_made_codes():
+    from tcx.evaluation.run import Stats
+
+    s = Stats(torch.zeros(4, dtype=torch.long))
+    z = torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 9 + [[1.0, 2.0, 0.0, 0.0]])  # f0 always, f1 10%, f2 f3 never
+    s.add(z, torch.zeros(10, 2), torch.ones(10, 2) + torch.arange(10.0)[:, None])
+    r = s.result(dense_threshold=0.05)
+    assert r["dead_fraction"] == 0.5 and r["dense_fraction"] == 0.5 and r["l0"] == 1.1
+    assert Stats(torch.zeros(4, dtype=torch.long)).fired.sum() == 0
+    assert s.result(dense_threshold=0.5)["dense_fraction"] == 0.25

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tcx.cli.sweep import slurm_answers
 from tcx.errors import ConfigError
@@ -77,9 +78,10 @@ def test_unanswering_cluster_submits_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "s").exists()
 
 
-def test_packed_local_sweep_isolates_a_failing_point(tmp_path, cache_dir):
+@pytest.mark.parametrize("launcher", ["basic", "local"])
+def test_packed_local_sweep_isolates_a_failing_point(tmp_path, cache_dir, launcher):
     path = sweep_file(tmp_path, {"dictionary.l1_coeff": [0.1, -1.0, 0.3]}, small(cache_dir))
-    out = tcx_sweep(str(path), f"hydra.sweep.dir={tmp_path / 's'}")
+    out = tcx_sweep(str(path), f"hydra.sweep.dir={tmp_path / 's'}", f"hydra/launcher={launcher}")
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     summary = json.loads((tmp_path / "s" / "sweep.json").read_text())
     assert summary["done"] == 2 and summary["failed"] == 1
@@ -122,6 +124,21 @@ def sacct_states(job: str) -> list[str]:
             return states
         time.sleep(0.2)
     return states
+
+
+def test_failing_point_among_good_ones_on_slurm(slurm, tmp_path, cache_dir):
+    path = sweep_file(tmp_path, {"dictionary.l1_coeff": [0.1, -1.0]}, small(cache_dir))
+    out = tcx_sweep(str(path), "hydra/launcher=slurm", "sweep.pack=false", f"hydra.sweep.dir={tmp_path / 's'}",
+                    "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2")
+    assert out.returncode == 1
+    summary = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert summary["done"] == 1 and summary["failed"] == 1
+    (bad,) = [p for p in summary["points"] if p["status"] == "failed"]
+    assert "l1_coeff must be a non-negative number" in bad["error"] and bad["log"]
+    assert "FAILED" in out.stdout
+    (good,) = [p for p in summary["points"] if p["status"] == "done"]
+    config = yaml.safe_load((Path(good["dir"]) / "config.yaml").read_text())
+    assert config["group"] == "t" and "dictionary.l1_coeff=0.1" in config["tags"]  # W&B group and tags
 
 
 @pytest.mark.parametrize("pack", ["true", "false"])

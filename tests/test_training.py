@@ -110,3 +110,16 @@ def test_a_bank_may_mix_dictionary_kinds(make_cfg, tmp_path):
     assert kinds["topk"]["kind"].endswith("TopKConfig") and kinds["topk"]["config"]["k"] == 4
     assert kinds["sae"]["config"]["input_site"] == "mlp_out"
     assert abs(final["topk"]["l0"] - 4) < 1e-6
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, cache_dir):
+    common = ["experiment=smoke", "trainer.max_tokens=16384", "trainer.eval_tokens=0", "trainer.progress_bar=false",
+              "dictionary.l1_coeff=0.1", f"cache_dir={cache_dir}"]
+    for name, extra in (("ddp", ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]),
+                        ("single", [])):
+        out = subprocess.run([sys.executable, "-m", "tcx.cli.train", *common, f"hydra.run.dir={tmp_path / name}",
+                              *extra], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert out.returncode == 0, out.stderr[-3000:]
+    a, b = weights(tmp_path / "ddp"), weights(tmp_path / "single")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)

@@ -23,6 +23,8 @@ from tcx.io import write_json
 
 register_configs()
 
+_NOT_TAGS = {"bank", "group", "cache_dir", "experiment", "trainer.progress_bar"}
+
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 @report_errors
@@ -34,6 +36,10 @@ def main(cfg: DictConfig) -> None:
     if hc.mode != RunMode.MULTIRUN:
         train(cfg, run_dir)
         return
+    # A sweep point carries its own settings as W&B tags, beside the sweep's name as group.
+    point = [o for o in hc.overrides.task if o.split("=")[0].lstrip("+~") not in _NOT_TAGS
+             and not o.startswith("hydra")]
+    cfg.tags = [*cfg.tags, *point]
     # In a sweep one failing point must not stop the others: record it, let Hydra go on.
     try:
         train(cfg, run_dir)

@@ -18,18 +18,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from tcx.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, squared_error
-from tcx.errors import ConfigError
+from tcx.dictionaries.base import Dictionary, StepOutput, squared_error
+from tcx.dictionaries.relu import ReLUConfig
 
 
 @dataclass(kw_only=True)
-class GatedConfig(DictionaryConfig):
-    l1_coeff: float = 5.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.l1_coeff >= 0:
-            raise ConfigError(f"l1_coeff must be a non-negative number, got {self.l1_coeff}.")
+class GatedConfig(ReLUConfig):
+    """The ReLU kind's settings (l1_coeff weighs the gate's decoder-norm-weighted L1)."""
 
     def build(self, d_in: int, d_out: int, seed: int = 0) -> GatedDictionary:
         return GatedDictionary(self, d_in, d_out, seed)
