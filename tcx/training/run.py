@@ -62,6 +62,29 @@ def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
                 "would mix two experiments. Use a new run dir (hydra.run.dir=...) or the old value.")
 
 
+def make_callbacks(tcfg: TrainerConfig, members, hooks: dict[str, str], windows, meta: dict, run_dir: Path,
+                   seed: int) -> tuple[list[L.Callback], MemberReports]:
+    """Everything around the training step, one callback per idea; `reports` holds the results."""
+    dead, throughput = DeadFeatures(tcfg.dead_window_tokens), Throughput(tcfg.batch_size)
+    evaluation = (HeldOutEvaluation(members, hooks, windows, tcfg.eval_tokens, tcfg.eval_every_n_tokens,
+                                    tcfg.batch_size) if tcfg.eval_tokens else None)
+    reports = MemberReports(members, dead, throughput, tcfg.batch_size, tcfg.log_every_n_steps,
+                            tcfg.metrics_window_steps, meta, evaluation)
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=tcfg.checkpoint_every_n_steps,
+                                  save_top_k=0, save_last=True, save_on_train_epoch_end=True)
+    callbacks: list[L.Callback] = [dead, throughput, reports, checkpoints,
+                                   CheckpointOnSignal(run_dir / "checkpoints" / "last.ckpt")]
+    if evaluation:
+        callbacks.append(evaluation)
+    if tcfg.auxk:
+        callbacks.append(AuxK(dead))
+    if tcfg.resample_every_n_tokens:
+        callbacks.append(Resample(dead, max(1, tcfg.resample_every_n_tokens // tcfg.batch_size), seed))
+    if tcfg.progress_bar:
+        callbacks.append(TQDMProgressBar())
+    return callbacks, reports
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
     """Train every member of `cfg` in `run_dir`; return each member's final metrics."""
     # Validate everything before the first byte is written or the first model weight is read.
@@ -94,28 +117,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
         instantiate(cfg.optimizer), cfg.lr, schedule)
     data = ActivationData(lm, windows, hooks, tcfg, cfg.seed)
 
-    dead, throughput = DeadFeatures(tcfg.dead_window_tokens), Throughput(tcfg.batch_size)
     meta = {"model": spec.name, "layer": cfg.layer, "hooks": hooks, "seed": cfg.seed}
-    evaluation = HeldOutEvaluation(members, hooks, windows, tcfg.eval_tokens, tcfg.eval_every_n_tokens,
-                                   tcfg.batch_size) if tcfg.eval_tokens else None
-    reports = MemberReports(members, dead, throughput, tcfg.batch_size, tcfg.log_every_n_steps,
-                            tcfg.metrics_window_steps, meta, evaluation)
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", every_n_train_steps=tcfg.checkpoint_every_n_steps,
-        save_top_k=0, save_last=True, save_on_train_epoch_end=True)
+    callbacks, reports = make_callbacks(tcfg, members, hooks, windows, meta, run_dir, cfg.seed)
     trainer = L.Trainer(
         max_steps=tcfg.max_steps, max_epochs=-1, accelerator=tcfg.accelerator, devices=tcfg.devices,
-        num_nodes=tcfg.num_nodes, strategy=tcfg.strategy, precision=tcfg.precision,
-        callbacks=[dead, throughput, reports, checkpoints, *([evaluation] if evaluation else []),
-                   CheckpointOnSignal(run_dir / "checkpoints" / "last.ckpt"),
-                   *([AuxK(dead)] if tcfg.auxk else []),
-                   *([Resample(dead, max(1, tcfg.resample_every_n_tokens // tcfg.batch_size), cfg.seed)]
-                     if tcfg.resample_every_n_tokens else [])]
-        + ([TQDMProgressBar()] if tcfg.progress_bar else []),
-        plugins=[AtomicCheckpointIO()],
-        logger=False, enable_progress_bar=tcfg.progress_bar, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
-        default_root_dir=run_dir)
+        num_nodes=tcfg.num_nodes, strategy=tcfg.strategy, precision=tcfg.precision, callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=tcfg.progress_bar,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        use_distributed_sampler=False, default_root_dir=run_dir)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)  # the step is in metrics.json: resumed_from_step
     trainer.fit(bank, datamodule=data, ckpt_path=checkpoint)
