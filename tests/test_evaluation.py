@@ -163,3 +163,13 @@ def test_dead_and_dense_fractions_on_hand_made_codes():
     assert r["dead_fraction"] == 0.5 and r["dense_fraction"] == 0.5 and r["l0"] == 1.1
     assert Stats(torch.zeros(4, dtype=torch.long)).fired.sum() == 0
     assert s.result(dense_threshold=0.5)["dense_fraction"] == 0.25
+
+
+def test_dictionaries_sharing_a_hook_see_the_same_ablations_as_alone(make_cfg, tmp_path):
+    a = place(make_cfg(), tmp_path / "a", empty)
+    b = place(make_cfg(), tmp_path / "b", copy_mlp, d_sae=256)
+    alone = evaluate([a], max_tokens=TOKENS, plots=False)["dictionaries"][str(a)]
+    together = evaluate([a, b], max_tokens=TOKENS, plots=False)["dictionaries"]
+    for key in ("loss_mean_ablated", "loss_zero_ablated", "loss_spliced", "recovered_mean"):
+        assert together[str(a)][key] == pytest.approx(alone[key], abs=1e-6), key
+    assert together[str(b)]["recovered_mean"] == pytest.approx(1.0, abs=1e-3)

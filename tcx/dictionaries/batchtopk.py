@@ -34,7 +34,7 @@ class BatchTopKDictionary(TopKDictionary):
 
     def select(self, pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         if not self.training:
-            return self.encode_with_threshold(pre)
+            return pre * (pre > self.threshold.clamp_min(0.0))
         flat = pre.relu().flatten()
         values, index = flat.topk(self.cfg.k * pre.shape[0], sorted=False)
         z = torch.zeros_like(flat).scatter_(0, index, values).view_as(pre)
@@ -45,9 +45,3 @@ class BatchTopKDictionary(TopKDictionary):
                 first = self.threshold < 0
                 self.threshold.copy_(smallest if first else m * self.threshold + (1 - m) * smallest)
         return z
-
-    def encode_with_threshold(self, pre: Tensor) -> Tensor:
-        return pre * (pre > self.threshold.clamp_min(0.0))
-
-    def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
-        return self.select(self.pre_activation(x))

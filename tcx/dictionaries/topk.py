@@ -60,7 +60,7 @@ class TopKDictionary(Dictionary):
         return x @ self.W_enc + self.b_enc
 
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
-        return topk_rows(self.pre_activation(x), self.cfg.k)
+        return self.select(self.pre_activation(x))
 
     def aux_loss(self, pre: Tensor, residual: Tensor, dead: Bool[Tensor, " d_sae"]) -> Tensor:
         """How well the top `aux_k` dead latents explain what the live ones missed (normalised)."""
@@ -81,4 +81,5 @@ class TopKDictionary(Dictionary):
         return StepOutput(y, z, mse + self.cfg.aux_coeff * aux, mse, aux)
 
     def select(self, pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
+        """Which pre-activations fire: the family's one difference (TopK: each row's k largest)."""
         return topk_rows(pre, self.cfg.k)

@@ -7,7 +7,7 @@ reads only the corpus's held-out windows, which training never sees.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,7 +37,6 @@ class Stats:
     cos: float = 0.0
     target_sum: torch.Tensor | None = None
     target_sq: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def add(self, z: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
         self.rows += len(z)

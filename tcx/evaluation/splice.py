@@ -25,9 +25,6 @@ class Placed:
     target_hook: str
 
 
-Replacement = Callable[[Tensor], Tensor]  # [batch, pos, d] -> [batch, pos, d] at the target hook
-
-
 def splice_hooks(placed: Sequence[Placed], valid: slice) -> list[tuple[str, Callable]]:
     """Hooks that write each dictionary's reconstruction at its target hook."""
     hooks: list[tuple[str, Callable]] = []
@@ -69,6 +66,7 @@ def ablation_hooks(targets: dict[str, Tensor | None], valid: slice) -> list[tupl
 @torch.inference_mode()
 def target_means(lm, windows: Tensor, hooks: Sequence[str], valid: slice, batch: int) -> dict[str, Tensor]:
     """Mean activation at each hook over the valid positions of `windows` (for mean ablation)."""
+    hooks = list(dict.fromkeys(hooks))  # several dictionaries may share a hook: count it once
     sums: dict[str, Tensor] = {}
     count = 0
     for start in range(0, len(windows), batch):
