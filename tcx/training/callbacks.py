@@ -172,6 +172,7 @@ class MemberReports(L.Callback):
         self.batch_size, self.log_every, self.meta = batch_size, log_every, meta
         self.recent: dict[str, deque] = {m.key: deque(maxlen=window) for m in members}
         self.final: dict[str, dict[str, float]] = {}
+        self.resumed_from_step = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.resumed_from_step = trainer.global_step
@@ -204,7 +205,7 @@ class MemberReports(L.Callback):
         out = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]} if recent else {}
         return {**out, "dead_fraction": self.dead.fraction(key), "tokens": step * self.batch_size,
                 "steps": step, "tokens_per_second": self.throughput.tokens_per_second,
-                "resumed_from_step": getattr(self, "resumed_from_step", 0)}
+                "resumed_from_step": self.resumed_from_step}
 
     def on_train_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:

@@ -19,6 +19,11 @@ from tcx.dictionaries.base import DictionaryConfig
 from tcx.errors import ConfigError
 
 
+def module_key(name: str) -> str:
+    """A member's name as a module key (no dots): its parameters' prefix in checkpoints."""
+    return re.sub(r"\W", "_", name)
+
+
 @dataclass
 class Member:
     name: str
@@ -26,17 +31,15 @@ class Member:
     cfg: DictionaryConfig
     config: DictConfig
     """The full config of a solo run of this member."""
-    logger_cfg: Any = None
     logger: Any = field(default=None, repr=False)
 
     @property
     def key(self) -> str:
-        """The member's name as a module key (no dots): its parameters' prefix in checkpoints."""
-        return re.sub(r"\W", "_", self.name)
+        return module_key(self.name)
 
     def open_logger(self) -> None:
-        if self.logger_cfg is not None and self.logger is None:
-            self.logger = instantiate(self.logger_cfg, save_dir=str(self.dir), run_name=self.run_name)
+        if self.config.get("logger") is not None and self.logger is None:
+            self.logger = instantiate(self.config.logger, save_dir=str(self.dir), run_name=self.run_name)
             self.logger.log_hyperparams(OmegaConf.to_container(self.config, resolve=True))
 
     @property
@@ -93,12 +96,11 @@ def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Pat
     """
     entries = [dict(e) for e in OmegaConf.to_container(cfg.bank, resolve=True)] if cfg.bank else []
     if not entries:
-        return [Member("main", run_dir, build_node(cfg.dictionary, "dictionary"), cfg,
-                       cfg.get("logger"))], {}
+        return [Member("main", run_dir, build_node(cfg.dictionary, "dictionary"), cfg)], {}
     members, failures, seen = [], {}, set()
     for i, overrides in enumerate(entries):
         name = str(overrides.pop("name", None) or _member_name(overrides))
-        key = re.sub(r"\W", "_", name)
+        key = module_key(name)
         if key in seen:
             raise ConfigError(f"bank[{i}]: member name '{name}' is used twice; give each a `name`.")
         seen.add(key)
@@ -108,8 +110,7 @@ def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Pat
             node = OmegaConf.merge(base, overrides)
             solo = OmegaConf.merge(cfg, {"bank": [], "tags": [*cfg.tags, name]})
             solo.dictionary = node
-            members.append(Member(name, run_dir / name, build_node(node, f"bank[{i}]"), solo,
-                                  solo.get("logger")))
+            members.append(Member(name, run_dir / name, build_node(node, f"bank[{i}]"), solo))
         except ConfigError as e:
             if len(entries) == 1:
                 raise
