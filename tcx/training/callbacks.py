@@ -133,23 +133,23 @@ class HeldOutEvaluation(L.Callback):
         self.every_steps = max(1, every_tokens // batch_size) if every_tokens else 0
 
     def measure(self, trainer, pl_module) -> dict[str, tuple[dict[str, float], torch.Tensor]]:
+        """All active members in one pass over the held-out tokens: the clean run, the ablations
+        and the means are shared; each member's fidelity is that of it spliced in alone."""
         from tcx.evaluation.run import measure
         from tcx.evaluation.splice import Placed
 
-        lm, heldout = trainer.datamodule.lm, self.windows.heldout[: self.n_windows]
-        out = {}
-        for m in self.members:
-            if m.key in pl_module.retired:
-                continue
-            dictionary = pl_module.members[m.key]
-            placed = Placed(dictionary, self.hooks[m.cfg.input_site], self.hooks[m.cfg.target_site])
-            dictionary.eval()  # inference behaviour, e.g. BatchTopK's threshold instead of batch ranking
-            try:
-                rows, _, freqs = measure(lm, [placed], heldout, self.windows.valid, progress=False)
-            finally:
-                dictionary.train()
-            out[m.key] = (rows[0], freqs[0])
-        return out
+        active = [m for m in self.members if m.key not in pl_module.retired]
+        placed = [Placed(pl_module.members[m.key], self.hooks[m.cfg.input_site], self.hooks[m.cfg.target_site])
+                  for m in active]
+        for p in placed:
+            p.dictionary.eval()  # inference behaviour, e.g. BatchTopK's threshold instead of batch ranking
+        try:
+            rows, _, freqs = measure(trainer.datamodule.lm, placed, self.windows.heldout[: self.n_windows],
+                                     self.windows.valid, progress=False)
+        finally:
+            for p in placed:
+                p.dictionary.train()
+        return {m.key: (row, freq) for m, row, freq in zip(active, rows, freqs, strict=True)}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
