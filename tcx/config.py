@@ -115,9 +115,9 @@ class EvalConfig:
     """The primary config of `tcx-eval`."""
 
     run: str | None = None
-    """A run dir (or member dir) of tcx-train."""
+    """A run dir, member dir, sweep dir, or a folder in another tool's format (SAELens, ...)."""
     dictionaries: list[str] = field(default_factory=list)
-    """Several run dirs or dictionary.safetensors files, spliced into the model together."""
+    """Several of those, spliced into the model together."""
     max_tokens: int = 32_768
     """Held-out tokens to evaluate on."""
     batch_windows: int = 16
@@ -126,6 +126,8 @@ class EvalConfig:
     out_dir: str | None = None
     """Where the joint numbers of several dictionaries go (default: beside the first)."""
     plots: bool = True
+    model: str | None = None
+    """A conf/model option, for folders from other tools that do not name a model tcx knows."""
 
 
 def register_configs() -> None:
@@ -161,3 +163,25 @@ def build_node(node: DictConfig | dict, key: str, **extra: Any) -> Any:
         raise ConfigError(f"{key}.{e}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{key}: {e}") from None
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """`conf/train.yaml` composed with `overrides` (inside a running Hydra app or not): the
+    defaults a run would get, e.g. the model node of `model=gpt2-small`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tcx.cli.common import CONF_DIR
+
+    register_configs()
+
+    def load() -> DictConfig:
+        try:
+            return compose(config_name="train", overrides=overrides)
+        except Exception as e:  # noqa: BLE001 - hydra's own message lists the options
+            raise ConfigError(f"{' '.join(overrides) or 'train.yaml'}: {str(e).splitlines()[0]}") from None
+
+    if GlobalHydra.instance().is_initialized():
+        return load()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return load()

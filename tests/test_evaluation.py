@@ -28,7 +28,9 @@ def place(cfg, directory: Path, setup, d_sae: int | None = None, d_in: int | Non
         setup(d, lm, cfg.layer)
     directory.mkdir(parents=True)
     (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    save_dictionary(d, directory, {"model": spec.name, "layer": cfg.layer, "training_tokens": 65_536})
+    save_dictionary(d, directory, {"model": spec.name, "layer": cfg.layer, "training_tokens": 65_536,
+                                   "input_hook": spec.hook(dcfg.input_site, cfg.layer),
+                                   "target_hook": spec.hook(dcfg.target_site, cfg.layer)})
     return directory
 
 
@@ -67,7 +69,7 @@ def test_mean_output_dictionary_is_mean_ablation(make_cfg, tmp_path, cache_dir):
     cfg = make_cfg()
     spec, corpus = build_node(cfg.model, "model"), build_node(cfg.data, "data")
     lm = spec.load()
-    windows = load_windows(corpus, lm, 65_536, cache_dir)
+    windows = load_windows(corpus, lm, TOKENS * 20, cache_dir)  # enough for TOKENS held out
     heldout = windows.heldout[: -(-TOKENS // windows.tokens_per_window)]
     hook = lm.hook_name("mlp_out", cfg.layer)
     mean = target_means(lm, heldout, [hook], windows.valid, 16)[hook]

@@ -193,7 +193,8 @@ def test_a_new_kind_is_one_module_and_one_yaml(tmp_path, cache_dir, monkeypatch)
 
 def test_batchtopk_is_evaluated_with_its_threshold_on_rows(make_cfg, tmp_path):
     """Held-out evaluation and splicing must use inference behaviour on [rows, d], not batch ranking."""
-    from tcx.evaluation.splice import Placed, splice_hooks
+    from tcx.evaluation.splice import splice_hooks
+    from tcx.runs import Placed
 
     d = kind(make_cfg, "batchtopk", "dictionary.k=3")
     d.train()

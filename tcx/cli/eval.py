@@ -2,6 +2,7 @@
 
     tcx-eval run=outputs/train/2026-11-25/15-02-11_minilm-L3-mlp_in-to-mlp_out
     tcx-eval 'dictionaries=[runs/layer0, runs/layer1]'     # spliced together: joint numbers
+    tcx-eval run=exports/saelens-L3                          # any folder tcx reads (tcx.runs.formats)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def main(cfg: DictConfig) -> None:
 
     paths = ([cfg.run] if cfg.run else []) + list(cfg.dictionaries)
     results = evaluate(paths, cfg.max_tokens, cfg.batch_windows, cfg.dense_threshold, cfg.out_dir,
-                       cfg.plots)
+                       cfg.plots, cfg.model)
     rows = results["dictionaries"]
     print(f"\nfidelity: {next(iter(rows.values()))['fidelity_metric']}")
     for key in COLUMNS:
@@ -37,8 +38,8 @@ def main(cfg: DictConfig) -> None:
         joint = results["joint"]
         print(f"joint: spliced {joint['loss_spliced']:.4f}  clean {joint['loss_clean']:.4f}  "
               f"recovered_zero {joint['recovered_zero']:.4f}  recovered_mean {joint['recovered_mean']:.4f}")
-    for d in rows:
-        print(f"wrote {d}/eval.json")
+    for path in results["written"]:
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,15 @@ from torch import Tensor, nn
 from tcx.errors import ConfigError
 
 
+class Activation(NamedTuple):
+    """How a kind turns pre-activations `x @ W_enc + b_enc` into codes at inference, in the terms
+    other tools use: relu, topk (k per row), jumprelu (`pre·1[pre > threshold]`), gated."""
+
+    name: str
+    k: int | None = None
+    threshold: Float[Tensor, " d_sae"] | None = None
+
+
 class StepOutput(NamedTuple):
     y: Float[Tensor, "batch d_out"]
     z: Float[Tensor, "batch d_sae"]
@@ -90,6 +99,10 @@ class Dictionary(nn.Module):
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         raise NotImplementedError
 
+    def activation(self) -> Activation:
+        """This kind's inference activation, for exporters (see `Activation`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its activation.")
+
     def decode(self, z: Float[Tensor, "batch d_sae"], x: Float[Tensor, "batch d_in"] | None = None
                ) -> Float[Tensor, "batch d_out"]:
         """`x` is for kinds with a path that bypasses the features (skip transcoder)."""
@@ -114,6 +127,33 @@ class Dictionary(nn.Module):
 
     def reconstruct(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_out"]:
         return self.encode_decode(x)[1]
+
+    # -- units --------------------------------------------------------------------------------
+    @property
+    def in_model_units(self) -> bool:
+        """Whether the parameters act on raw model activations (both scales are 1)."""
+        return bool(self.input_scale == 1) and bool(self.target_scale == 1)
+
+    @torch.no_grad()
+    def rescale_(self, input_scale: float | Tensor = 1.0, target_scale: float | Tensor = 1.0) -> Dictionary:
+        """Change the normalisation scales in place, compensating the weights so that no output
+        changes: `rescale_()` folds them into the weights (model units, what every other tool
+        reads), `rescale_(s_in, s_t)` unfolds into training units. Pre-activations, and so b_enc
+        and thresholds, are unchanged: x·s·W_enc = x·s'·(W_enc·s/s')."""
+        a = self.input_scale / torch.as_tensor(input_scale, dtype=self.input_scale.dtype)
+        b = torch.as_tensor(target_scale, dtype=self.target_scale.dtype) / self.target_scale
+        self.W_enc.mul_(a.to(self.W_enc.dtype))
+        self.W_dec.mul_(b.to(self.W_dec.dtype))
+        self.b_dec.mul_(b.to(self.b_dec.dtype))
+        self.rescale_extra_(a, b)
+        self.input_scale.fill_(input_scale)
+        self.target_scale.fill_(target_scale)
+        return self
+
+    def rescale_extra_(self, input_factor: Tensor, target_factor: Tensor) -> None:
+        """Kinds with parameters outside W_enc/W_dec/b_dec (skip transcoder) compensate them here:
+        a parameter that multiplies the input gets `input_factor`, one that makes the output
+        `target_factor`."""
 
     @torch.no_grad()
     def init_from_data(self, x: Float[Tensor, "rows d_in"], target: Float[Tensor, "rows d_out"]) -> None:

@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tcx.dictionaries.base import Activation
 from tcx.dictionaries.topk import TopKConfig, TopKDictionary
 
 
@@ -26,6 +27,10 @@ class BatchTopKConfig(TopKConfig):
 
 class BatchTopKDictionary(TopKDictionary):
     cfg: BatchTopKConfig
+
+    def activation(self) -> Activation:
+        """At inference one threshold for all features: a JumpReLU with a constant threshold."""
+        return Activation("jumprelu", threshold=self.threshold.clamp_min(0.0).expand(self.d_sae).clone())
 
     def __init__(self, cfg: BatchTopKConfig, d_in: int, d_out: int, seed: int = 0):
         super().__init__(cfg, d_in, d_out, seed)

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from tcx.dictionaries.base import Dictionary, StepOutput, squared_error
+from tcx.dictionaries.base import Activation, Dictionary, StepOutput, squared_error
 from tcx.dictionaries.relu import ReLUConfig
 
 
@@ -32,6 +32,9 @@ class GatedConfig(ReLUConfig):
 
 class GatedDictionary(Dictionary):
     cfg: GatedConfig
+
+    def activation(self) -> Activation:
+        return Activation("gated")
 
     def __init__(self, cfg: GatedConfig, d_in: int, d_out: int, seed: int = 0):
         super().__init__(cfg, d_in, d_out, seed)

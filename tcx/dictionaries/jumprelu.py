@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from tcx.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, squared_error
+from tcx.dictionaries.base import Activation, Dictionary, DictionaryConfig, StepOutput, squared_error
 from tcx.errors import ConfigError
 
 
@@ -85,6 +85,9 @@ class JumpReLUDictionary(Dictionary):
     @property
     def threshold(self) -> Float[Tensor, " d_sae"]:
         return self.log_threshold.exp()
+
+    def activation(self) -> Activation:
+        return Activation("jumprelu", threshold=self.threshold.detach().clone())
 
     def pre_activation(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         return (x @ self.W_enc + self.b_enc).relu()

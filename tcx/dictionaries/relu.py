@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tcx.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, squared_error
+from tcx.dictionaries.base import Activation, Dictionary, DictionaryConfig, StepOutput, squared_error
 from tcx.errors import ConfigError
 
 
@@ -35,6 +35,9 @@ class ReLUConfig(DictionaryConfig):
 
 class ReLUDictionary(Dictionary):
     cfg: ReLUConfig
+
+    def activation(self) -> Activation:
+        return Activation("relu")
 
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         return torch.relu(x @ self.W_enc + self.b_enc)

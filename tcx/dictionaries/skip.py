@@ -32,6 +32,9 @@ class SkipTranscoder(TopKDictionary):
         y = z @ self.W_dec + self.b_dec
         return y if x is None else y + x @ self.W_skip
 
+    def rescale_extra_(self, input_factor: Tensor, target_factor: Tensor) -> None:
+        self.W_skip.mul_((input_factor * target_factor).to(self.W_skip.dtype))
+
     @torch.no_grad()
     def fit_skip_(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"]) -> None:
         """Set W_skip and b_dec to the least-squares linear map from x to what z does not explain."""

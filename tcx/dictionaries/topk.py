@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from tcx.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, squared_error
+from tcx.dictionaries.base import Activation, Dictionary, DictionaryConfig, StepOutput, squared_error
 from tcx.errors import ConfigError
 
 
@@ -58,6 +58,9 @@ class TopKDictionary(Dictionary):
 
     def pre_activation(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         return x @ self.W_enc + self.b_enc
+
+    def activation(self) -> Activation:
+        return Activation("topk", k=self.cfg.k)
 
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         return self.select(self.pre_activation(x))

@@ -1,7 +1,8 @@
 """`evaluate(paths)`: sparsity, reconstruction and spliced fidelity on held-out tokens.
 
-The model, layer and corpus come from the `config.yaml` saved beside each dictionary; evaluation
-reads only the corpus's held-out windows, which training never sees.
+Dictionaries are opened through `tcx.runs` (placed at the hooks their dictionary.json records, on
+the model and corpus their run used); evaluation reads only the corpus's held-out windows, which
+training never sees.
 """
 
 from __future__ import annotations
@@ -11,17 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from tcx.config import build_node
-from tcx.data.windows import load_windows
-from tcx.dictionaries.io import load_dictionary
-from tcx.errors import CheckpointError, ConfigError
 from tcx.evaluation.fidelity import model_losses
 from tcx.evaluation.plots import density_histogram
-from tcx.evaluation.splice import Placed, ablation_hooks, splice_hooks, target_means
+from tcx.evaluation.splice import ablation_hooks, splice_hooks, target_means
 from tcx.io import write_json
+from tcx.runs import Placed, open_runs
 
 TRAINING_KEYS = ("l0", "fvu", "mse", "dead_fraction")
 
@@ -58,15 +55,6 @@ class Stats:
                 "eval_tokens": self.rows}
 
 
-def resolve(path: str | Path) -> Path:
-    path = Path(path)
-    directory = path.parent if path.suffix == ".safetensors" else path
-    if not (directory / "config.yaml").is_file():
-        raise CheckpointError(f"{directory} has no config.yaml beside its dictionary: evaluation needs "
-                              "the model and corpus it was trained on (a tcx-train run dir has both).")
-    return directory
-
-
 def measure(lm, placed: list[Placed], heldout: torch.Tensor, valid: slice, batch_windows: int = 16,
             dense_threshold: float = 0.1, progress: bool = True
             ) -> tuple[list[dict[str, float]], dict[str, float], list[torch.Tensor]]:
@@ -101,43 +89,33 @@ def measure(lm, placed: list[Placed], heldout: torch.Tensor, valid: slice, batch
 
 
 def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: int = 16,
-             dense_threshold: float = 0.1, out_dir: str | Path | None = None, plots: bool = True
-             ) -> dict:
-    """Evaluate saved dictionaries (run dirs or .safetensors files) and write eval.json beside each."""
-    if not paths:
-        raise ConfigError("nothing to evaluate: give run=<run dir> or dictionaries=[dir, ...].")
-    dirs = [resolve(p) for p in paths]
-    loaded = [load_dictionary(d) for d in dirs]
-    configs = [OmegaConf.load(d / "config.yaml") for d in dirs]
-    models = {c.model.name for c in configs}
-    if len(models) > 1:
-        listing = ", ".join(f"{d} ({c.model.name})" for d, c in zip(dirs, configs, strict=True))
-        raise ConfigError(f"these dictionaries were trained on different models and cannot be spliced "
-                          f"into one: {listing}.")
-    cfg = configs[0]
-    spec, corpus = build_node(cfg.model, "model"), build_node(cfg.data, "data")
-    lm = spec.load("cpu", cfg.trainer.model_dtype)
-    placed = []
-    for d, (dictionary, meta) in zip(dirs, loaded, strict=True):
-        if meta.get("model") not in (None, spec.name):
-            raise ConfigError(f"{d}: trained on model {meta['model']} but its config names {spec.name}.")
-        placed.append(Placed(dictionary.eval(), lm.hook_name(dictionary.cfg.input_site, meta["layer"]),
-                             lm.hook_name(dictionary.cfg.target_site, meta["layer"])))
-    windows = load_windows(corpus, lm, int(max(m["training_tokens"] for _, m in loaded)), cfg.cache_dir)
-    heldout = windows.heldout[: max(1, -(-max_tokens // windows.tokens_per_window))]
-    check_widths(lm, heldout[:1], placed, dirs)
-    rows, joint, frequencies = measure(lm, placed, heldout, windows.valid, batch_windows, dense_threshold)
+             dense_threshold: float = 0.1, out_dir: str | Path | None = None, plots: bool = True,
+             model: str | None = None) -> dict:
+    """Evaluate saved dictionaries (run dirs, sweep dirs, exported or foreign folders) spliced into
+    their model. A tcx run gets eval.json (and its metrics.json updated) beside its dictionary;
+    a dictionary in another format gets eval_<name>.json in `out_dir`."""
+    opened = open_runs(paths, model=model)
+    placed = opened.placed()
+    heldout, valid = opened.heldout(max_tokens)
+    opened.check_widths()
+    rows, joint, frequencies = measure(opened.lm, placed, heldout, valid, batch_windows, dense_threshold)
 
-    results = {"joint": joint, "dictionaries": {}}
-    for d, row, freq in zip(dirs, rows, frequencies, strict=True):
-        results["dictionaries"][str(d)] = row
-        write_json(d / "eval.json", row)
-        write_json(d / "metrics.json", merge_eval(read_json(d / "metrics.json"), row))
+    results: dict = {"joint": joint, "dictionaries": {}, "written": []}
+    for d, row, freq in zip(opened.dictionaries, rows, frequencies, strict=True):
+        if d.format == "tcx":
+            where, name = d.source, "eval.json"
+            write_json(where / "metrics.json", merge_eval(read_json(where / "metrics.json"), row))
+        else:
+            where, name = Path(out_dir or "."), f"eval_{d.name}.json"
+        results["dictionaries"][str(d.source) if d.format == "tcx" else d.name] = row
+        results["written"].append(str(where / name))
+        write_json(where / name, row)
         if plots:
-            density_histogram(freq, d / "feature_density.png", f"{d.name}: L0 {row['l0']:.1f}")
+            density_histogram(freq, where / name.replace("eval", "feature_density").replace(".json", ".png"),
+                              f"{d.name}: L0 {row['l0']:.1f}")
     if len(placed) > 1:
-        write_json(Path(out_dir or dirs[0].parent) / "eval_joint.json",
-                   {"dictionaries": [str(d) for d in dirs], **joint})
+        write_json(Path(out_dir or opened.dictionaries[0].source.parent) / "eval_joint.json",
+                   {"dictionaries": [str(d.source) for d in opened.dictionaries], **joint})
     return results
 
 
@@ -151,16 +129,6 @@ def fidelity(loss: dict[str, float], spliced: str, kind: str) -> dict[str, float
     if f"kl_{spliced}" in loss:
         out["kl"] = loss[f"kl_{spliced}"]
     return out
-
-
-def check_widths(lm, tokens, placed: list[Placed], dirs: list[Path]) -> None:
-    acts = lm.run_to(tokens, list({h for p in placed for h in (p.input_hook, p.target_hook)}))
-    for d, p in zip(dirs, placed, strict=True):
-        for hook, want in ((p.input_hook, p.dictionary.d_in), (p.target_hook, p.dictionary.d_out)):
-            if acts[hook].shape[-1] != want:
-                raise ConfigError(f"{d}: the dictionary expects width {want} at {hook}, but the model "
-                                  f"has {acts[hook].shape[-1]} there: it was trained on another model or "
-                                  "layer.")
 
 
 def read_json(path: Path) -> dict:

@@ -8,21 +8,11 @@ Several dictionaries splice at once, each reading the already-spliced model, as 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from tcx.dictionaries.base import Dictionary
-
-
-@dataclass
-class Placed:
-    """A dictionary with the hookpoints it reads and writes in this model."""
-
-    dictionary: Dictionary
-    input_hook: str
-    target_hook: str
+from tcx.runs.record import Placed
 
 
 def splice_hooks(placed: Sequence[Placed], valid: slice) -> list[tuple[str, Callable]]:

@@ -136,7 +136,7 @@ class HeldOutEvaluation(L.Callback):
         """All active members in one pass over the held-out tokens: the clean run, the ablations
         and the means are shared; each member's fidelity is that of it spliced in alone."""
         from tcx.evaluation.run import measure
-        from tcx.evaluation.splice import Placed
+        from tcx.runs import Placed
 
         active = [m for m in self.members if m.key not in pl_module.retired]
         placed = [Placed(pl_module.members[m.key], self.hooks[m.cfg.input_site], self.hooks[m.cfg.target_site])

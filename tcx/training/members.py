@@ -14,7 +14,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tcx.config import build_node
+from tcx.config import build_node, compose_train
 from tcx.dictionaries.base import DictionaryConfig
 from tcx.errors import ConfigError
 
@@ -70,21 +70,10 @@ def _member_name(overrides: dict[str, Any]) -> str:
 
 def group_option(group: str, name: str) -> DictConfig:
     """A config group option (conf/<group>/<name>.yaml, or one on hydra.searchpath) as a node."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from tcx.cli.common import CONF_DIR
-
-    def load() -> DictConfig:
-        try:
-            return compose(config_name="train", overrides=[f"{group}={name}"])[group]
-        except Exception as e:  # noqa: BLE001 - hydra's own message lists the options
-            raise ConfigError(f"bank: {e}") from None
-
-    if GlobalHydra.instance().is_initialized():
-        return load()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return load()
+    try:
+        return compose_train([f"{group}={name}"])[group]
+    except ConfigError as e:
+        raise ConfigError(f"bank: {e}") from None
 
 
 def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Path, str]]:

@@ -1,0 +1,33 @@
+"""`tcx.json`, written beside another tool's files by `tcx-export`: what that format cannot say
+(tcx's model and corpus configs, the kind and training tokens), so reading the folder back into tcx
+loses nothing. Other tools ignore the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tcx.io import write_json
+
+SIDECAR = "tcx.json"
+
+
+def model_name(runs) -> str:
+    """The model's name as other tools know it: the hub path where there is one (`gpt2`)."""
+    return getattr(runs.spec, "path", None) or runs.spec.name
+
+
+def write_sidecar(folder: Path, d, runs, **extra: Any) -> None:
+    write_json(folder / SIDECAR, {"model": runs.spec.name, "model_config": runs.model_config,
+                                  "data_config": runs.data_config, "kind": d.meta["kind"],
+                                  "training_tokens": d.meta.get("training_tokens"),
+                                  "input_hook": d.input_hook, "target_hook": d.target_hook, **extra})
+
+
+def read_sidecar(folder: Path) -> dict[str, Any]:
+    path = folder / SIDECAR
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}  # only a convenience: the format's own files are what counts
