@@ -198,3 +198,18 @@ def test_import_to_tcx_then_evaluate_and_compare(make_cfg, tmp_path):
     assert row["model"] == "tiny" and row["layer"] == 1 and row["l0"] == pytest.approx(r["l0"])
     with pytest.raises(ConfigError, match="already exists"):
         export([path], "tcx", run)
+
+
+def test_files_saved_before_model_units_still_open_in_model_units(make_cfg, tmp_path):
+    """A dictionary.json without `units` holds normalised tensors with the scales as buffers."""
+    from safetensors.torch import save_file
+
+    from tcx.dictionaries.io import describe
+
+    d = trained_like(make_cfg, "topk")
+    save_file({k: v.contiguous() for k, v in d.state_dict().items()}, str(tmp_path / "dictionary.safetensors"))
+    (tmp_path / "dictionary.json").write_text(json.dumps({**describe(d), "model": "tiny"}))
+    loaded, _ = load_dictionary(tmp_path)
+    assert loaded.in_model_units
+    x = torch.randn(64, 16, generator=GEN)
+    assert rel(loaded.eval().reconstruct(x), d.reconstruct(x)) < 1e-6
