@@ -117,5 +117,22 @@ def test_corrupt_checkpoint_is_named_and_left_untouched(make_cfg, tmp_path):
 
 def test_resume_with_another_config_is_refused(make_cfg, tmp_path):
     train(make_cfg("trainer.max_tokens=8192"), tmp_path)
-    with pytest.raises(ConfigError, match=r"different `dictionary`"):
+    with pytest.raises(ConfigError, match=r"different `dictionary\.l1_coeff` \(5\.0, now 0\.5\): resuming") as e:
         train(make_cfg("trainer.max_tokens=8192", "dictionary.l1_coeff=0.5"), tmp_path)
+    assert "_target_" not in str(e.value), "only the keys that differ are named"
+
+
+def test_a_run_that_failed_before_training_does_not_block_its_retry(make_cfg, tmp_path):
+    with pytest.raises(CorpusError):
+        train(make_cfg("data=text-files", "data.paths=[/nonexistent/*.txt]"), tmp_path)
+    final = train(make_cfg("trainer.max_tokens=2048", "trainer.eval_tokens=0"), tmp_path)
+    assert final["main"]["tokens"] == 2048
+
+
+def test_rerunning_a_finished_run_shows_its_metrics(make_cfg, tmp_path, capsys):
+    first = train(make_cfg("trainer.max_tokens=2048", "trainer.eval_tokens=0"), tmp_path)
+    capsys.readouterr()
+    again = train(make_cfg("trainer.max_tokens=2048", "trainer.eval_tokens=0"), tmp_path)
+    assert again["main"]["l0"] == first["main"]["l0"]
+    printed = capsys.readouterr().out
+    assert "main" in printed and f"{first['main']['l0']:.1f}" in printed

@@ -93,7 +93,7 @@ def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: i
              model: str | None = None) -> dict:
     """Evaluate saved dictionaries (run dirs, sweep dirs, exported or foreign folders) spliced into
     their model. A tcx run gets eval.json (and its metrics.json updated) beside its dictionary;
-    a dictionary in another format gets eval_<name>.json in `out_dir`."""
+    a dictionary in another format gets eval_<name>.json beside its folder (or in `out_dir`)."""
     opened = open_runs(paths, model=model)
     placed = opened.placed()
     heldout, valid = opened.heldout(max_tokens)
@@ -102,17 +102,16 @@ def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: i
 
     results: dict = {"joint": joint, "dictionaries": {}, "written": []}
     for d, row, freq in zip(opened.dictionaries, rows, frequencies, strict=True):
-        if d.format == "tcx":
-            where, name = d.source, "eval.json"
+        if d.format == "tcx":  # a run dir: its own eval.json, and its metrics.json updated
+            where, suffix = d.source, ""
             write_json(where / "metrics.json", merge_eval(read_json(where / "metrics.json"), row))
-        else:
-            where, name = Path(out_dir or "."), f"eval_{d.name}.json"
+        else:  # another tool's folder: eval_<name>.json beside it (or in out_dir)
+            where, suffix = Path(out_dir) if out_dir else d.source.parent, f"_{d.name}"
         results["dictionaries"][str(d.source) if d.format == "tcx" else d.name] = row
-        results["written"].append(str(where / name))
-        write_json(where / name, row)
+        write_json(where / f"eval{suffix}.json", row)
+        results["written"].append(str(where / f"eval{suffix}.json"))
         if plots:
-            density_histogram(freq, where / name.replace("eval", "feature_density").replace(".json", ".png"),
-                              f"{d.name}: L0 {row['l0']:.1f}")
+            density_histogram(freq, where / f"feature_density{suffix}.png", f"{d.name}: L0 {row['l0']:.1f}")
     if len(placed) > 1:
         write_json(Path(out_dir or opened.dictionaries[0].source.parent) / "eval_joint.json",
                    {"dictionaries": [str(d.source) for d in opened.dictionaries], **joint})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -47,19 +48,31 @@ _FIXED_ON_RESUME = ("model", "layer", "dictionary", "bank", "data", "seed", "lr"
                     "trainer.batch_size", "trainer.buffer_tokens", "trainer.max_tokens")
 
 
+def _leaves(value, prefix: str) -> dict[str, object]:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _leaves(sub, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
 def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
+    """Refuse to resume a checkpoint under settings that change what is trained; name each key."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         return
     saved = OmegaConf.load(saved_path)
+    differ = []
     for key in _FIXED_ON_RESUME:
         old, new = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
         old = OmegaConf.to_container(old, resolve=True) if OmegaConf.is_config(old) else old
         new = OmegaConf.to_container(new, resolve=True) if OmegaConf.is_config(new) else new
-        if old != new:
-            raise ConfigError(
-                f"{run_dir} was started with a different `{key}` ({old!r}, now {new!r}): resuming "
-                "would mix two experiments. Use a new run dir (hydra.run.dir=...) or the old value.")
+        old_leaves, new_leaves = _leaves(old, key), _leaves(new, key)
+        differ += [f"`{k}` ({old_leaves.get(k)!r}, now {new_leaves.get(k)!r})"
+                   for k in sorted(set(old_leaves) | set(new_leaves)) if old_leaves.get(k) != new_leaves.get(k)]
+    if differ:
+        raise ConfigError(
+            f"{run_dir} holds a checkpoint started with a different " + ", ".join(differ[:5])
+            + (f" and {len(differ) - 5} more" if len(differ) > 5 else "") + ": resuming would mix two "
+            "experiments. Use a new run dir (hydra.run.dir=...) or the old values.")
 
 
 def make_callbacks(tcfg: TrainerConfig, members, hooks: dict[str, str], windows, meta: dict, run_dir: Path,
@@ -94,7 +107,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
     tcfg: TrainerConfig = OmegaConf.to_object(cfg.trainer)
     members, failures = plan_members(cfg, run_dir)
     checkpoint = resume_checkpoint(run_dir)
-    check_resume_config(run_dir, cfg)
+    if checkpoint is not None:  # only a checkpoint makes a resume; a run that failed earlier is redone
+        check_resume_config(run_dir, cfg)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     for directory, error in failures.items():
         log.error("bank member %s not trained: %s", directory.name, error)
@@ -128,6 +142,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)  # the step is in metrics.json: resumed_from_step
     trainer.fit(bank, datamodule=data, ckpt_path=checkpoint)
+    final = reports.final
+    if not final and checkpoint is not None:  # the checkpoint was the last step: nothing was left to do
+        final = {m.name: json.loads((m.dir / "metrics.json").read_text())
+                 for m in members if (m.dir / "metrics.json").is_file()}
+        log.info("%s had already finished (step %d); its metrics:", run_dir, trainer.global_step)
     if trainer.is_global_zero:
-        print_summary(members, reports.final)
-    return reports.final
+        print_summary(members, final)
+    return final
