@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from tcx.errors import ConfigError
 
 
 @contextlib.contextmanager
@@ -55,12 +58,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Yield an empty temp folder beside `path`; on success it becomes `path` (an existing `path`
     is replaced only with `replace`), on failure it is removed and `path` is untouched."""
-    import shutil
-
     path = Path(path)
     if path.exists() and not replace and (not path.is_dir() or any(path.iterdir())):
-        from tcx.errors import ConfigError
-
         raise ConfigError(f"{path} already exists and is not empty: choose another output folder, or "
                           "replace it (--force).")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -135,4 +135,4 @@ def test_rerunning_a_finished_run_shows_its_metrics(make_cfg, tmp_path, capsys):
     again = train(make_cfg("trainer.max_tokens=2048", "trainer.eval_tokens=0"), tmp_path)
     assert again["main"]["l0"] == first["main"]["l0"]
     printed = capsys.readouterr().out
-    assert "main" in printed and f"{first['main']['l0']:.1f}" in printed
+    assert "already finished" in printed and f"{first['main']['l0']:.1f}" in printed

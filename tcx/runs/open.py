@@ -150,11 +150,13 @@ def open_runs(paths: list[str | Path], units: Units = "model", model: str | None
         raise ConfigError(f"these dictionaries were trained on different models and cannot be used in "
                           f"one: {listing}.")
     first = next((d for d in dictionaries if d.data_config), None)
-    defaults = compose_train([])  # the corpus and cache a run gets by default
     extra = first.extra if first else {}
-    return OpenedRuns(dictionaries, model_config,
-                      first.data_config if first else OmegaConf.to_container(defaults.data, resolve=True),
-                      extra.get("cache_dir") or defaults.cache_dir, extra.get("model_dtype") or "float32")
+    data_config, cache_dir = (first.data_config if first else None), extra.get("cache_dir")
+    if data_config is None or cache_dir is None:  # a foreign folder: the corpus and cache a run gets by default
+        defaults = compose_train([])
+        data_config = data_config or OmegaConf.to_container(defaults.data, resolve=True)
+        cache_dir = cache_dir or defaults.cache_dir
+    return OpenedRuns(dictionaries, model_config, data_config, cache_dir, extra.get("model_dtype") or "float32")
 
 
 def firing_frequency(runs: OpenedRuns, max_tokens: int, batch_windows: int = 16) -> list[torch.Tensor]:

@@ -146,7 +146,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
     if not final and checkpoint is not None:  # the checkpoint was the last step: nothing was left to do
         final = {m.name: json.loads((m.dir / "metrics.json").read_text())
                  for m in members if (m.dir / "metrics.json").is_file()}
-        log.info("%s had already finished (step %d); its metrics:", run_dir, trainer.global_step)
+        if trainer.is_global_zero:
+            print(f"{run_dir} had already finished (step {trainer.global_step}); its metrics:")
     if trainer.is_global_zero:
         print_summary(members, final)
     return final

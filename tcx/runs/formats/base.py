@@ -65,17 +65,19 @@ def take(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], pa
 
 
 def imported(dictionary: Dictionary, params: dict[str, torch.Tensor], *, source: Path, fmt: str,
-             input_hook: str, target_hook: str, model: str | None, units: Units,
-             model_config: dict[str, Any] | None = None, data_config: dict[str, Any] | None = None,
-             **meta: Any) -> OpenedDictionary:
-    """Wrap a dictionary built from another tool's tensors (already in model units)."""
+             input_hook: str, target_hook: str, units: Units, model: str | None = None,
+             side: dict[str, Any] | None = None, **meta: Any) -> OpenedDictionary:
+    """Wrap a dictionary built from another tool's tensors (already in model units). `side` is the
+    folder's `tcx.json` when tcx exported it: tcx's model and corpus, which override `model`."""
+    side = side or {}
     with torch.no_grad():
         for name, value in params.items():
             getattr(dictionary, name).copy_(value)
-    layer = layer_of(input_hook)
-    info = {**describe(dictionary), "model": model, "layer": layer, "input_hook": input_hook,
-            "target_hook": target_hook, "units": "model", "imported_from": fmt, **meta}
-    return OpenedDictionary(set_units(dictionary, info, units), info, source, fmt, model_config, data_config)
+    info = {**describe(dictionary), "model": side.get("model") or model, "layer": layer_of(input_hook),
+            "input_hook": input_hook, "target_hook": target_hook, "units": "model", "imported_from": fmt,
+            "training_tokens": side.get("training_tokens"), **meta}
+    return OpenedDictionary(set_units(dictionary, info, units), info, source, fmt, side.get("model_config"),
+                            side.get("data_config"))
 
 
 def sites(input_hook: str, target_hook: str, model_config: dict[str, Any] | None) -> dict[str, str]:

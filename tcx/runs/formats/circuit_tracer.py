@@ -80,9 +80,7 @@ class CircuitTracer(Format):
                                       "skip_transcoder is TopK).")
             dictionary = rebuild(act, d_model, d_model, d_sae, sites(hook_in, hook_out, model_config), False, f)
             out.append(imported(dictionary, params, source=path, fmt=self.name, input_hook=hook_in,
-                                target_hook=hook_out, model=side.get("model") or cfg.get("model_name"),
-                                units=units, model_config=model_config, data_config=side.get("data_config"),
-                                training_tokens=side.get("training_tokens")))
+                                target_hook=hook_out, units=units, model=cfg.get("model_name"), side=side))
         return out
 
     def write(self, runs, out: Path) -> None:
@@ -117,4 +115,4 @@ class CircuitTracer(Format):
         write_text(out / "config.yaml", yaml.safe_dump({
             "model_kind": "transcoder_set", "model_name": model_name(runs), "scan": f"tcx-{runs.spec.name}",
             "feature_input_hook": hook_in, "feature_output_hook": hook_out}, sort_keys=False))
-        write_sidecar(out, runs.dictionaries[0], runs)
+        write_sidecar(out, runs)  # one file for the set: no per-layer hooks or kind

@@ -41,12 +41,12 @@ class Native(Format):
         """tcx run folders (dictionary files + a config.yaml that tcx-eval and tcx-compare read):
         `out` itself for one dictionary, `out/<name>/` for several."""
         from tcx.config import compose_train
-        from tcx.dictionaries.io import save_dictionary
+        from tcx.dictionaries.io import describe, save_dictionary
 
         for d in runs.dictionaries:
             folder = out if len(runs.dictionaries) == 1 else out / d.name
-            keep = {k: v for k, v in d.meta.items() if k not in ("kind", "config", "d_in", "d_out", "d_sae",
-                                                                  "units", "normalisation")}
+            rewritten = {*describe(d.dictionary), "units", "normalisation"}  # save_dictionary writes these
+            keep = {k: v for k, v in d.meta.items() if k not in rewritten}
             save_dictionary(d.dictionary, folder, {**keep, "model": runs.spec.name,
                                                    "model_config": runs.model_config,
                                                    "data_config": runs.data_config})

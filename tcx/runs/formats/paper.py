@@ -86,7 +86,7 @@ class Paper(Format):
                   "W_dec": take(state, "W_dec", (d_sae, d_out), path),
                   "b_dec": take(state, "b_dec_out", (d_out,), path)}
         return [imported(config.build(int(d_in), int(d_out)), params, source=path, fmt=self.name,
-                         input_hook=input_hook, target_hook=target_hook, model=model, units=units,
+                         input_hook=input_hook, target_hook=target_hook, units=units, model=model,
                          l1_coefficient=cfg.get("l1_coefficient"))]
 
 

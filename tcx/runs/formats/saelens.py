@@ -105,12 +105,9 @@ class SAELens(Format):
         hook_in = meta.get("hook_name") or ""
         hook_out = meta.get("hook_name_out") or hook_in
         side = read_sidecar(path)
-        model_config = side.get("model_config")
-        dictionary = rebuild(act, d_in, d_out, d_sae, sites(hook_in, hook_out, model_config), False, path)
+        dictionary = rebuild(act, d_in, d_out, d_sae, sites(hook_in, hook_out, side.get("model_config")), False, path)
         return [imported(dictionary, params, source=path, fmt=self.name, input_hook=hook_in, target_hook=hook_out,
-                         model=side.get("model") or meta.get("model_name"), units=units,
-                         model_config=model_config, data_config=side.get("data_config"),
-                         training_tokens=side.get("training_tokens"))]
+                         units=units, model=meta.get("model_name"), side=side)]
 
     def write(self, runs, out: Path) -> None:
         from tcx.runs.open import firing_frequency
@@ -144,5 +141,5 @@ class SAELens(Format):
             if act.k is not None:
                 cfg.update(k=act.k, rescale_acts_by_decoder_norm=False)
             write_json(folder / "cfg.json", cfg)
-            write_sidecar(folder, d, runs)
+            write_sidecar(folder, runs, d)
 

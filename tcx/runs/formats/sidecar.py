@@ -18,11 +18,14 @@ def model_name(runs) -> str:
     return getattr(runs.spec, "path", None) or runs.spec.name
 
 
-def write_sidecar(folder: Path, d, runs, **extra: Any) -> None:
-    write_json(folder / SIDECAR, {"model": runs.spec.name, "model_config": runs.model_config,
-                                  "data_config": runs.data_config, "kind": d.meta["kind"],
-                                  "training_tokens": d.meta.get("training_tokens"),
-                                  "input_hook": d.input_hook, "target_hook": d.target_hook, **extra})
+def write_sidecar(folder: Path, runs, d=None) -> None:
+    """`tcx.json` for the dictionary `d` of `runs`, or for the whole of `runs` (a transcoder set)."""
+    info = {"model": runs.spec.name, "model_config": runs.model_config, "data_config": runs.data_config,
+            "training_tokens": max(int(x.meta.get("training_tokens") or 0) for x in runs.dictionaries)}
+    if d is not None:
+        info.update(kind=d.meta["kind"], training_tokens=d.meta.get("training_tokens"),
+                    input_hook=d.input_hook, target_hook=d.target_hook)
+    write_json(folder / SIDECAR, info)
 
 
 def read_sidecar(folder: Path) -> dict[str, Any]:

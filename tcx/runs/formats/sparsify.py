@@ -73,8 +73,7 @@ class Sparsify(Format):
         dictionary = rebuild(Activation("topk", k=int(cfg.get("k", 32))), d_in, d_in, d_sae,
                              sites(hook_in, hook_out, side.get("model_config")), skip, path)
         return [imported(dictionary, params, source=path, fmt=self.name, input_hook=hook_in, target_hook=hook_out,
-                         model=side.get("model"), units=units, model_config=side.get("model_config"),
-                         data_config=side.get("data_config"), training_tokens=side.get("training_tokens"))]
+                         units=units, side=side)]
 
     def write(self, runs, out: Path) -> None:
         for d in runs.dictionaries:
@@ -100,4 +99,4 @@ class Sparsify(Format):
                 "activation": "topk", "expansion_factor": dic.d_sae / dic.d_in, "normalize_decoder": False,
                 "num_latents": dic.d_sae, "k": act.k, "multi_topk": False, "skip_connection": skip,
                 "transcode": d.is_transcoder, "d_in": dic.d_in})
-            write_sidecar(folder, d, runs)
+            write_sidecar(folder, runs, d)
