@@ -92,6 +92,28 @@ class EmbeddedMiniLMSpec(ModelSpec):
 
 
 @dataclass(kw_only=True)
+class GGUFModelSpec(ModelSpec):
+    """A causal LM shipped as a GGUF file inside a PyPI wheel, converted once into tcx's cache
+    (`tcx/models/gguf.py`); offline after the first use."""
+
+    package: str = MISSING
+    version: str = MISSING
+    gguf_member: str = MISSING
+    """Path of the .gguf file inside the wheel."""
+    gguf_sha256: str = MISSING
+    gguf_file: str | None = None
+    """A local copy of the GGUF instead of fetching the wheel (machines with no package index)."""
+    cache_dir: str = "~/.cache/tcx"
+    refetch: bool = False
+    """Rebuild the converted folder (after the cache was damaged)."""
+
+    def load(self, device: str = "cpu", dtype: str = "float32") -> LanguageModel:
+        from tcx.models.gguf import load_gguf
+
+        return load_gguf(self, device, dtype)
+
+
+@dataclass(kw_only=True)
 class NativeModelSpec(ModelSpec):
     """A randomly initialised model built from its config alone (`boot_native`), seeded: for tests
     and quick checks. Text is tokenised as UTF-8 bytes."""
