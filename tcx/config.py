@@ -32,13 +32,13 @@ class TrainerConfig:
 
     max_tokens: int = 2_000_000
     """Training tokens (activation rows) seen by every dictionary."""
-    batch_size: int = 4096
+    batch_size: int = 1024
     """Activation rows per optimiser step (global, across processes)."""
     buffer_tokens: int = 65_536
     """Activations are shuffled within chunks of this many tokens (rounded up to whole batches)."""
     model_batch_size: int = 32
     """Context windows per forward pass of the language model."""
-    lr_warmup_steps: int = 200
+    lr_warmup_steps: int = 100
     lr_decay_fraction: float = 0.2
     """Final fraction of steps over which the lr decays linearly to zero."""
     sparsity_warmup_fraction: float = 0.05
@@ -49,7 +49,7 @@ class TrainerConfig:
     """AuxK loss for the TopK family's dead latents."""
     resample_every_n_tokens: int = 0
     """Restart the dead features of penalty kinds (ReLU, gated, JumpReLU) this often (0: never)."""
-    checkpoint_every_n_steps: int = 100
+    checkpoint_every_n_steps: int = 200
     log_every_n_steps: int = 10
     metrics_window_steps: int = 20
     """Training-window metrics (train_* in metrics.json) average the last this many steps."""
@@ -100,7 +100,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: Any = None
     optimizer: Any = MISSING
-    lr: float = 4e-4
+    lr: float = 1e-3
     seed: int = 0
     cache_dir: str = MISSING
     """Where tokenised corpora are cached between runs."""

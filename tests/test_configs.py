@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from tcx.cli.common import CONF_DIR
 from tcx.config import build_node
@@ -59,3 +60,33 @@ def test_transcoder_and_sae_differ_only_by_sites(make_cfg):
     sae = build_node(make_cfg("dictionary=sae").dictionary, "dictionary")
     assert type(tc) is type(sae)
     assert tc.is_transcoder and not sae.is_transcoder
+
+
+def _disagreements(schema, node, where: str, variant: tuple[str, ...] = ()) -> list[str]:
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(schema):
+        if f.name in node and f.name not in variant and f.default is not dataclasses.MISSING:
+            value = node[f.name]
+            if not OmegaConf.is_config(value) and value != f.default and f.default != "???":
+                out.append(f"{where}: {f.name} is {value!r} in the YAML, {f.default!r} in {schema.__name__}")
+    return out
+
+
+def test_yaml_defaults_and_dataclass_defaults_agree():
+    """Defaults live once: a YAML that ships a default says what its dataclass says. (An SAE is the
+    ReLU kind with other sites: the sites are what a dictionary YAML may choose.)"""
+    from hydra.utils import get_class
+
+    from tcx.config import TrainConfig, TrainerConfig
+
+    conf = Path(CONF_DIR)
+    found = _disagreements(TrainerConfig, OmegaConf.load(conf / "trainer" / "default.yaml"), "trainer/default")
+    train_yaml = OmegaConf.load(conf / "train.yaml")
+    found += _disagreements(TrainConfig, {k: train_yaml[k] for k in ("lr", "seed")}, "train.yaml")
+    for path in sorted((conf / "dictionary").glob("*.yaml")):
+        node = OmegaConf.load(path)
+        found += _disagreements(get_class(node["_target_"]), node, f"dictionary/{path.stem}",
+                                variant=("input_site", "target_site"))
+    assert not found, "\n".join(found)

@@ -23,9 +23,9 @@ from tcx.errors import ConfigError
 class JumpReLUConfig(DictionaryConfig):
     l0_coeff: float = 1.0
     """Weight of the L0 penalty (features firing per row)."""
-    bandwidth: float = 1e-3
+    bandwidth: float = 0.1
     """Width of the kernel that stands in for the step function's derivative."""
-    init_threshold: float = 1e-3
+    init_threshold: float = 0.4
 
     def __post_init__(self) -> None:
         super().__post_init__()
