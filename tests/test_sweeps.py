@@ -187,3 +187,25 @@ def test_preempted_slurm_job_resumes_from_its_checkpoint(slurm, tmp_path, cache_
     assert metrics["resumed_from_step"] > 0, "the requeued job started again from step 0"
     assert metrics["tokens"] == 1_500_000 // 1024 * 1024
     assert sacct_states(job) == ["COMPLETED"]
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_grid_values_reach_hydra_as_the_values_written(tmp_path, pack):
+    """`null` in a grid is None for the run (not the string 'None'), strings stay strings."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (tmp_path / "s.yaml").write_text("name: s\ngrid:\n  dictionary.d_sae: [null, 64]\n"
+                                     "  dictionary.input_site: [mlp_in, 'null']\n")
+    spec = SweepSpec.load(tmp_path / "s.yaml")
+    spec.pack = pack
+    parsed = OverridesParser.create().parse_overrides(multirun_overrides(spec))
+    values = {o.key_or_group: o.value() for o in parsed}
+    if pack:
+        bank = values["bank"]
+        assert [e["d_sae"] for e in bank] == [None, None, 64, 64]
+        assert [e["input_site"] for e in bank] == ["mlp_in", "null", "mlp_in", "null"]
+    else:
+        assert list(values["dictionary.d_sae"].list) == [None, 64]
+        # (in a sweep list Hydra keeps a quoted item as QuotedString until it applies it: a str)
+        assert [getattr(v, "text", v) for v in values["dictionary.input_site"].list] == ["mlp_in", "null"]
+        assert type(values["dictionary.input_site"].list[1]).__name__ == "QuotedString"

@@ -16,11 +16,21 @@ from tcx.sweeps.spec import SweepSpec
 
 
 def hydra_value(value: Any) -> str:
-    """A value as Hydra's override grammar reads it back unchanged."""
+    """A sweep-file value (YAML-loaded: None, bool, number, string, list, dict) in Hydra's override
+    grammar, so that Hydra reads it back as the same value: None is `null`, not the string 'None'."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
-        return str(value).lower()
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {hydra_value(v)}" for k, v in value.items()) + "}"
     text = str(value)
-    return text if re.fullmatch(r"[A-Za-z0-9_.+-]+", text) else json.dumps(text)
+    plain = re.fullmatch(r"[A-Za-z0-9_.+-]+", text) and text.lower() not in ("null", "true", "false")
+    return text if plain else json.dumps(text)
 
 
 def member(point: dict[str, Any]) -> dict[str, Any]:
@@ -34,10 +44,7 @@ def member(point: dict[str, Any]) -> dict[str, Any]:
 
 
 def bank_literal(entries: list[dict[str, Any]]) -> str:
-    def item(e: dict[str, Any]) -> str:
-        return "{" + ", ".join(f"{k}: {json.dumps(v) if isinstance(v, str) else v}" for k, v in e.items()) + "}"
-
-    return "bank=[" + ", ".join(item(e) for e in entries) + "]"
+    return f"bank={hydra_value(entries)}"
 
 
 def multirun_overrides(spec: SweepSpec) -> list[str]:
