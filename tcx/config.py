@@ -134,6 +134,9 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    from tcx.circuits.config import CircuitConfig
+
+    cs.store(name="circuit_schema", node=CircuitConfig)
 
 
 def build_node(node: DictConfig | dict, key: str, **extra: Any) -> Any:

@@ -5,34 +5,10 @@ in CI, where .ci/run installs it."""
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import subprocess
 import sys
 
-import pytest
-
 from tests.test_compare import sweep  # noqa: F401 - the module-scoped runs fixture
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    if CHROMIUM is None or sync_playwright is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the browser test: chromium and playwright are installed by .ci/run")
-        pytest.skip("no chromium/playwright here")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
 
 
 def test_compare_page_in_headless_chromium(browser, sweep, tmp_path):  # noqa: F811

@@ -79,12 +79,18 @@ def test_sparsify_loads_the_export_and_computes_the_same(make_cfg, tmp_path, kin
     assert rel(z_peer, z) < 1e-5 and rel(out.sae_out, y) < 1e-5
 
 
-def test_circuit_tracer_loads_the_set_and_computes_the_same(make_cfg, tmp_path):
+def circuit_tracer_python() -> str:
+    """The interpreter of a venv with circuit-tracer (it cannot share one with transformer-lens 3.9)."""
     python = os.environ.get("TCX_CIRCUIT_TRACER_PYTHON")
     if not python:
         if os.environ.get("TCX_REQUIRE_PEERS") == "1":
             pytest.fail("TCX_CIRCUIT_TRACER_PYTHON is not set, and TCX_REQUIRE_PEERS=1 (CI) needs it")
         pytest.skip("set TCX_CIRCUIT_TRACER_PYTHON to a python with circuit-tracer installed")
+    return python
+
+
+def test_circuit_tracer_loads_the_set_and_computes_the_same(make_cfg, tmp_path):
+    python = circuit_tracer_python()
     runs = [run_dir(make_cfg, tmp_path / "sweep" / f"L{i}", kind, layer=i)
             for i, kind in enumerate(["transcoder", "jumprelu"])]
     export([tmp_path / "sweep"], "circuit-tracer", tmp_path / "ct")
@@ -100,6 +106,52 @@ def test_circuit_tracer_loads_the_set_and_computes_the_same(make_cfg, tmp_path):
         z, y = d.encode_decode(xs[f"x_{i}"])
         assert (z != 0).float().mean() > 0.005
         assert rel(peer[f"z_{i}"], z) < 1e-5 and rel(peer[f"y_{i}"], y) < 1e-5
+
+
+def test_circuit_tracer_builds_the_same_attribution_graph(make_cfg, tmp_path):
+    """The same exported transcoders on the same tiny GPT-2: circuit-tracer's own `attribute` and
+    tcx's graph agree on every edge into features and the target. circuit-tracer zeroes position 0
+    (its BOS), keeps no bias nodes, and its token node is W_E[token] alone (tcx's carries the
+    position embedding too): those nodes are left out of the comparison."""
+    from tcx.circuits.graph import attribute
+    from tcx.circuits.nodes import Node
+    from tcx.circuits.replacement import ReplacementModel
+    from tcx.circuits.targets import logit_target
+    from tcx.config import build_node
+    from tests.test_hub_models import gpt2
+
+    python = circuit_tracer_python()
+    gpt2(tmp_path / "w")
+    model = ["model=gpt2-small", f"model.path={tmp_path / 'w'}", "model.d_model=64", "model.n_layers=2"]
+    runs = [run_dir(lambda *o: make_cfg(*model, *o), tmp_path / "sweep" / f"L{i}", kind, layer=i)
+            for i, kind in enumerate(["transcoder", "jumprelu"])]
+    export([tmp_path / "sweep"], "circuit-tracer", tmp_path / "ct")
+    prompt, a, b = "the value of a docstring", " the", " value"
+    lm = build_node(make_cfg(*model).model, "model").load(dtype="float64")
+    tokens = torch.tensor(lm.prefix_ids + lm.encode(prompt))
+    rm = ReplacementModel.build(lm, open_runs(runs).dictionaries, tokens)
+    ours = attribute(rm, logit_target(rm, a, b), max_feature_nodes=10**6, progress=False)
+    script = Path(__file__).parent / "peers" / "circuit_tracer_graph.py"
+    done = subprocess.run([python, str(script), str(tmp_path / "ct"), str(tmp_path / "w"), prompt,
+                           str(tmp_path / "ct.pt"), a, b], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ct = torch.load(tmp_path / "ct.pt")
+    assert ct["input_tokens"].tolist() == tokens.tolist()
+    n_layers, n_pos = ct["n_layers"], ct["n_pos"]
+    theirs = [Node("feature", lyr, p, i) for lyr, p, i in ct["selected_features"].tolist()]
+    theirs += [Node("error", lyr, p) for lyr in range(n_layers) for p in range(n_pos)]
+    where = {n: i for i, n in enumerate(ours.nodes)}
+    ours_features = {n for n in ours.nodes if n.kind == "feature" and n.pos > 0}
+    assert set(theirs[: len(ct["selected_features"])]) == ours_features and len(ours_features) > 100
+    rows = [k for k, n in enumerate(theirs) if n.kind == "feature"]
+    cols = [k for k, n in enumerate(theirs) if n.pos > 0]
+    mine = ours.adjacency[[where[theirs[k]] for k in rows]][:, [where[theirs[k]] for k in cols]]
+    peer = ct["adjacency"].double()[rows][:, cols]
+    logit_mine = ours.adjacency[-1, [where[theirs[k]] for k in cols]]
+    logit_peer = ct["adjacency"].double()[-1, cols]
+    for x, y in ((peer, mine), (logit_peer, logit_mine)):
+        assert (x - y).abs().max() <= 1e-6 * y.abs().max(), float((x - y).abs().max() / y.abs().max())
 
 
 if __name__ == "__main__":

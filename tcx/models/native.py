@@ -19,6 +19,10 @@ class ByteTokenizer:
         ids = list(text.encode("utf-8"))
         return [self.bos_token_id, *ids] if add_special_tokens else ids
 
+    def decode(self, ids: list[int]) -> str:
+        return "".join("<bos>" if i == self.bos_token_id else bytes([i]).decode("utf-8", "replace")
+                       if i < 256 else f"<{i}>" for i in ids)
+
 
 def load_native(spec: NativeModelSpec, device: str, dtype: str) -> LanguageModel:
     TransformerBridge, TransformerBridgeConfig = bridge_classes()

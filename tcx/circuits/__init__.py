@@ -1,0 +1,1 @@
+"""Feature circuits through transcoders."""

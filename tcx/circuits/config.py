@@ -1,0 +1,84 @@
+"""`tcx-circuit`'s config (conf/circuit.yaml), validated at compose time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+TARGET_KINDS = ("logit", "logit_diff", "feature", "direction")
+
+
+@dataclass
+class TargetConfig:
+    kind: str = "logit"
+    """logit | logit_diff (token minus other) | feature (layer, index, pos) | direction (a probe file)."""
+    token: Any = None
+    """logit/logit_diff: the token, as text that is one token (or '#<id>'); null: the model's top
+    prediction at `pos`."""
+    other: Any = None
+    """logit_diff: the token subtracted."""
+    layer: int | None = None
+    index: int | None = None
+    pos: Any = -1
+    """The position (negative from the end); for direction also 'mean' (over all positions)."""
+    path: str | None = None
+    """direction: a .pt/.npy/.safetensors file with the probe's vector (and optional bias)."""
+    hook: str | None = None
+    """direction: the hook it reads (default: the last block's output)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise ValueError(f"kind must be one of {TARGET_KINDS}, got '{self.kind}'.")
+
+
+@dataclass
+class PruneConfig:
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
+
+    def __post_init__(self) -> None:
+        for name in ("node_threshold", "edge_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
+
+
+@dataclass
+class SearchConfig:
+    num_iters: int = 3
+    num_branches: int = 15
+
+    def __post_init__(self) -> None:
+        if self.num_iters < 1 or self.num_branches < 1:
+            raise ValueError(f"num_iters and num_branches must be >= 1, got {self.num_iters}, {self.num_branches}.")
+
+
+@dataclass
+class CircuitConfig:
+    """The primary config of `tcx-circuit`."""
+
+    transcoders: Any = MISSING
+    """A sweep dir, run dirs, a glob, or folders in another tool's format: at most one per layer.
+    Layers without one keep their real MLP (a fixed input in the graph, like an error node)."""
+    prompt: str = MISSING
+    target: TargetConfig = field(default_factory=TargetConfig)
+    model: str | None = None
+    """A conf/model option, for folders that do not name a model tcx knows."""
+    model_dtype: str | None = None
+    """The clean run's dtype (default: what the transcoders were trained with)."""
+    replay_dtype: str | None = None
+    """The frozen replay's dtype (default: the model's). float64 halves the speed for exact sums."""
+    replay_rtol: float = 1e-4
+    """The frozen replay must reproduce the clean run's hooks within this relative difference."""
+    max_feature_nodes: int = 4096
+    batch_size: int = 64
+    """Backward passes per batch when computing the graph's rows."""
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    card_top: int = 8
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_feature_nodes < 1 or self.batch_size < 1:
+            raise ValueError("max_feature_nodes and batch_size must be >= 1.")

@@ -1,0 +1,111 @@
+"""`run_circuit(cfg, out_dir)`: open the transcoders, replay the prompt, attribute, prune, search
+paths, write the cards and every file. The CLI (`tcx-circuit`) is a thin shell around it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tcx.circuits.cards import Cards
+from tcx.circuits.config import CircuitConfig, TargetConfig
+from tcx.circuits.direct import Direct
+from tcx.circuits.graph import AttributionGraph, attribute
+from tcx.circuits.nodes import Node
+from tcx.circuits.page import write_page, write_png
+from tcx.circuits.paths import PathGraph, format_paths, search
+from tcx.circuits.prune import prune, scores
+from tcx.circuits.replacement import ReplacementModel
+from tcx.circuits.sources import Sources
+from tcx.circuits.targets import Target, direction_target, feature_target, logit_target
+from tcx.circuits.write import graph_document, path_document, write_tensors
+from tcx.errors import ConfigError
+from tcx.io import write_json, write_text
+from tcx.runs import open_runs
+
+
+def prompt_tokens(lm: Any, prompt: str) -> torch.Tensor:
+    """The prompt as the model reads a window: its prefix token(s), the text, and (BERT) [SEP]."""
+    ids = lm.encode(prompt)
+    if not ids:
+        raise ConfigError("prompt= is empty.")
+    return torch.tensor(lm.prefix_ids + ids + lm.suffix_ids)
+
+
+def resolve_target(rm: ReplacementModel, t: TargetConfig) -> Target:
+    if t.kind in ("logit", "logit_diff"):
+        if t.kind == "logit_diff" and (t.token is None or t.other is None):
+            raise ConfigError("circuit.target.kind=logit_diff needs target.token and target.other.")
+        token = t.token
+        if token is None:  # the model's own top prediction
+            if rm.weights.W_U is None:
+                raise ConfigError(f"{rm.lm.spec.name} has no language-model head: use target.kind=direction "
+                                  "(a probe file) or target.kind=feature.")
+            logits = rm.cache["ln_final.hook_out"][0, int(t.pos)] @ rm.weights.W_U
+            token = f"#{int(logits.argmax())}"
+        return logit_target(rm, token, t.other if t.kind == "logit_diff" else None, t.pos)
+    if t.kind == "feature":
+        if t.layer is None or t.index is None:
+            raise ConfigError("circuit.target.kind=feature needs target.layer and target.index (and target.pos).")
+        return feature_target(rm, t.layer, t.index, t.pos)
+    if t.path is None:
+        raise ConfigError("circuit.target.kind=direction needs target.path=<probe file>.")
+    return direction_target(rm, t.path, t.hook, t.pos)
+
+
+def target_node(target: Target) -> Node:
+    return Node("logit", None, target.pos, target.token) if target.kind == "logit" else Node("target", None, target.pos)
+
+
+def run_circuit(cfg: CircuitConfig, out_dir: str | Path) -> dict[str, Any]:
+    out_dir, started = Path(out_dir), time.time()
+    paths = [cfg.transcoders] if isinstance(cfg.transcoders, str) else list(cfg.transcoders)
+    runs = open_runs(paths, model=cfg.model)
+    if cfg.model_dtype:
+        runs.model_dtype = cfg.model_dtype
+    rm = ReplacementModel.build(runs.lm, runs.dictionaries, prompt_tokens(runs.lm, cfg.prompt),
+                                getattr(torch, cfg.replay_dtype) if cfg.replay_dtype else None, cfg.replay_rtol)
+    target = resolve_target(rm, cfg.target)
+    graph = attribute(rm, target, cfg.max_feature_nodes, cfg.batch_size, cfg.progress)
+    kinds = [n.kind for n in graph.nodes]
+    always = torch.tensor([k in ("embedding", "logit", "target") for k in kinds])
+    has_inputs = torch.tensor([k == "feature" for k in kinds])
+    pruned = prune(graph.adjacency, graph.target_weights, always, has_inputs,
+                   cfg.prune.node_threshold, cfg.prune.edge_threshold)
+    graph_scores = scores(graph.adjacency, graph.target_weights, kinds)
+    paths = search(Direct(rm, Sources(rm)), target, target_node(target), cfg.search.num_iters,
+                   cfg.search.num_branches, cfg.progress)
+    cards = Cards(rm, cfg.card_top)
+    shown = [n for i, n in enumerate(graph.nodes) if pruned.nodes[i]] + list(paths.values)
+    card_json = cards.cards(list(dict.fromkeys(shown)), rm.n_layers)
+    summary = _summary(cfg, rm, graph, target, graph_scores, pruned.nodes, paths, time.time() - started)
+    meta = {"slug": out_dir.name, "scan": runs.spec.name, "prompt": cfg.prompt,
+            "transcoder_list": [str(d.source) for d in runs.dictionaries], "node_threshold": cfg.prune.node_threshold}
+    tcx = {"target": {"kind": target.kind, "label": target.label, "value": target.value},
+           "scores": graph_scores, "n_layers": rm.n_layers, "cards": card_json, "summary": summary}
+    doc = graph_document(graph, pruned.nodes, pruned.edges, pruned.node_influence, meta, tcx)
+    path_doc = path_document(paths, rm.n_layers, graph.tokens, meta, tcx)
+    write_json(out_dir / "graph.json", doc)
+    write_json(out_dir / "paths.json", path_doc)
+    write_tensors(graph, out_dir / "graph.safetensors")
+    write_text(out_dir / "paths.txt", format_paths(paths, graph.tokens))
+    write_page(doc, out_dir / "circuit.html")
+    write_png(doc, out_dir / "circuit.png")
+    write_page(path_doc, out_dir / "paths.html")
+    write_json(out_dir / "summary.json", summary)
+    return {"summary": summary, "graph": graph, "paths": paths, "out_dir": out_dir}
+
+
+def _summary(cfg: CircuitConfig, rm: ReplacementModel, graph: AttributionGraph, target: Target,
+             graph_scores: dict[str, float], keep: torch.Tensor, paths: PathGraph, seconds: float) -> dict[str, Any]:
+    return {
+        "model": rm.lm.spec.name, "prompt": cfg.prompt, "tokens": len(rm.tokens),
+        "transcoder_layers": sorted(rm.codes), "target": target.label, "target_value": target.value,
+        "target_constant": target.constant, "active_features": graph.extra["active_features"],
+        "feature_nodes": graph.extra["feature_nodes"], "nodes": len(graph.nodes),
+        "pruned_nodes": int(keep.sum()), "replacement_score": graph_scores["replacement"],
+        "completeness_score": graph_scores["completeness"], "replay_error": rm.replay_error,
+        "row_residual": graph.row_residual, "paths": len(paths.paths), "seconds": round(seconds, 2),
+    }

@@ -1,0 +1,77 @@
+"""A circuit's files: graph.json in circuit-tracer's schema (extra tcx fields under `tcx`), the full
+graph as safetensors, the paths as text and as a second graph (paths.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from tcx.circuits.graph import AttributionGraph
+from tcx.circuits.nodes import FEATURE_TYPE, Node
+from tcx.circuits.paths import PathGraph
+from tcx.io import atomic_path
+
+SCHEMA_QPARAMS = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
+
+
+def _node_json(node: Node, n_layers: int, tokens: list[str], node_id: str, activation: float | None,
+               influence: float | None, token_prob: float = 0.0) -> dict[str, Any]:
+    return {
+        "node_id": node_id, "jsNodeId": node_id,
+        "feature": node.index if node.index is not None else -1,
+        "layer": node.layer_label(n_layers), "ctx_idx": int(node.pos or 0), "feature_type": FEATURE_TYPE[node.kind],
+        "token_prob": token_prob, "is_target_logit": node.kind in ("logit", "target"), "run_idx": 0,
+        "reverse_ctx_idx": 0, "clerp": node.describe(tokens),
+        "influence": None if influence is None else float(influence),
+        "activation": None if activation is None else float(activation),
+    }
+
+
+def _document(meta: dict[str, Any], tokens: list[str], nodes: list[dict], links: list[dict],
+              tcx: dict[str, Any]) -> dict[str, Any]:
+    metadata = {"slug": meta["slug"], "scan": meta["scan"], "transcoder_list": meta["transcoder_list"],
+                "prompt_tokens": tokens, "prompt": meta["prompt"], "node_threshold": meta["node_threshold"],
+                "schema_version": 1}
+    return {"metadata": metadata, "qParams": SCHEMA_QPARAMS, "nodes": nodes, "links": links, "tcx": tcx}
+
+
+def graph_document(graph: AttributionGraph, keep: torch.Tensor, edges: torch.Tensor, node_influence: torch.Tensor,
+                   meta: dict[str, Any], tcx: dict[str, Any]) -> dict[str, Any]:
+    n, ids = graph.n_layers, [node.node_id(graph.n_layers) for node in graph.nodes]
+    nodes = [_node_json(node, n, graph.tokens, ids[i], float(graph.activations[i]), float(node_influence[i]),
+                        graph.target.token_prob if node.kind == "logit" else 0.0)
+             for i, node in enumerate(graph.nodes) if keep[i]]
+    dst, src = edges.nonzero(as_tuple=True)
+    links = [{"source": ids[s], "target": ids[d], "weight": float(graph.adjacency[d, s])}
+             for d, s in zip(dst.tolist(), src.tolist(), strict=True)]
+    return _document(meta, graph.tokens, nodes, links, tcx)
+
+
+def path_document(paths: PathGraph, n_layers: int, tokens: list[str], meta: dict[str, Any],
+                  tcx: dict[str, Any]) -> dict[str, Any]:
+    def ident(node: Node) -> str:
+        if node.parent is not None:  # a remainder of one expanded node
+            return f"{node.kind[0].upper()}R_{node.parent}"
+        return node.node_id(n_layers)
+
+    nodes = [_node_json(node, n_layers, tokens, ident(node), value, value) for node, value in paths.values.items()]
+    links = [{"source": ident(c), "target": ident(p), "weight": v} for (c, p), v in paths.edges.items()]
+    listed = [{"value": p.value, "nodes": [ident(x) for x in p.nodes]} for p in paths.paths]
+    return _document(meta, tokens, nodes, links, {**tcx, "paths": listed})
+
+
+def write_tensors(graph: AttributionGraph, path: Path) -> None:
+    kinds = sorted(set(FEATURE_TYPE))
+    table = torch.tensor([[kinds.index(nd.kind), -9 if nd.layer is None else nd.layer,
+                           -1 if nd.pos is None else nd.pos, -1 if nd.index is None else nd.index]
+                          for nd in graph.nodes], dtype=torch.long)
+    with atomic_path(path) as tmp:
+        save_file({"adjacency": graph.adjacency.contiguous(), "activations": graph.activations.contiguous(),
+                   "nodes": table},
+                  str(tmp), metadata={"kinds": json.dumps(kinds), "columns": "kind,layer,pos,index",
+                                      "node_ids": json.dumps([nd.node_id(graph.n_layers) for nd in graph.nodes]),
+                                      "rows": "target node, columns: source node"})
