@@ -12,7 +12,9 @@ minute on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -20,9 +22,9 @@ from tcx.circuits.cards import Cards
 from tcx.circuits.direct import Direct
 from tcx.circuits.graph import attribute
 from tcx.circuits.paths import search
-from tcx.circuits.prune import prune, scores
+from tcx.circuits.prune import prune_graph, scores
 from tcx.circuits.replacement import ReplacementModel
-from tcx.circuits.run import prompt_tokens, target_node
+from tcx.circuits.run import prompt_tokens
 from tcx.circuits.sources import Sources
 from tcx.circuits.targets import direction_target
 from tcx.runs import open_runs
@@ -40,25 +42,24 @@ def main() -> None:
     args = parser.parse_args()
     runs = open_runs(args.transcoders)
     lm = runs.lm
-    tokens = prompt_tokens(lm, PROMPT)[: args.tokens]
-    probe = torch.randn(lm.spec.d_model, generator=torch.Generator().manual_seed(0))
-    torch.save({"direction": probe}, "/tmp/tcx-bench-probe.pt")
+    tokens = prompt_tokens(lm, PROMPT)
+    tokens = torch.cat([tokens[: args.tokens - len(lm.suffix_ids)], torch.tensor(lm.suffix_ids, dtype=tokens.dtype)])
+    probe_file = Path(tempfile.mkdtemp()) / "probe.pt"
+    torch.save({"direction": torch.randn(lm.spec.d_model, generator=torch.Generator().manual_seed(0))}, probe_file)
     times = {}
     t = time.perf_counter()
     rm = ReplacementModel.build(lm, runs.dictionaries, tokens, getattr(torch, args.dtype))
     times["clean run + replay check"] = time.perf_counter() - t
-    target = direction_target(rm, "/tmp/tcx-bench-probe.pt", None, "mean")
+    target = direction_target(rm, probe_file, None, "mean")
     t = time.perf_counter()
     graph = attribute(rm, target, args.max_feature_nodes, progress=False)
     times["graph rows"] = time.perf_counter() - t
     t = time.perf_counter()
-    kinds = [n.kind for n in graph.nodes]
-    kept = prune(graph.adjacency, graph.target_weights, torch.tensor([k in ("embedding", "target") for k in kinds]),
-                 torch.tensor([k == "feature" for k in kinds]))
-    s = scores(graph.adjacency, graph.target_weights, kinds)
+    kept = prune_graph(graph)
+    s = scores(graph.adjacency, graph.target_weights, [n.kind for n in graph.nodes])
     times["prune + scores"] = time.perf_counter() - t
     t = time.perf_counter()
-    paths = search(Direct(rm, Sources(rm)), target, target_node(target), 3, 15, progress=False)
+    paths = search(Direct(rm, Sources(rm)), target, target.node, 3, 15, progress=False)
     times["path search (3 x 15)"] = time.perf_counter() - t
     t = time.perf_counter()
     nodes = [n for i, n in enumerate(graph.nodes) if kept.nodes[i] and n.kind == "feature"]

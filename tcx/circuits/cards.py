@@ -25,23 +25,25 @@ class Cards:
     def __init__(self, rm: ReplacementModel, top: int = 8):
         self.rm, self.top = rm, top
         w = rm.weights
-        frozen = Frozen.invariant(w, norm_names(w.n_layers, w.family))
-        frozen.patterns = [torch.zeros_like(p) for p in frozen.patterns]  # attention writes nothing
-        self.replay = Replay(w, frozen, {k: v for k, v in rm.replay.skips.items()})
+        self.replay = Replay(w, Frozen.invariant(w, norm_names(w.n_layers, w.family)), dict(rm.replay.skips))
         d = w.W_E.shape[1]
         self.leaves = Leaves(torch.zeros(1, d, dtype=rm.dtype), torch.zeros(w.n_layers, 1, d, dtype=rm.dtype),
                              torch.zeros(w.n_layers, 1, d, dtype=rm.dtype), torch.zeros(w.n_layers + 2, dtype=rm.dtype))
         self.W_V = w.W_V.repeat_interleave(w.n_heads // w.W_V.shape[1], dim=1)  # [layer head d d_head]
 
     def _token(self, i: int) -> str:
-        tok = self.rm.lm.tokenizer
-        return tok.decode([i]) if hasattr(tok, "decode") else str(i)
+        return self.rm.token_text(i)
 
     def _ends(self, scores: Float[Tensor, " n"], label) -> tuple[list, list]:
         k = min(self.top, len(scores))
         top, bottom = scores.topk(k), (-scores).topk(k)
         return ([[label(int(i)), round(float(v), 4)] for v, i in zip(top.values, top.indices, strict=True)],
                 [[label(int(i)), round(-float(v), 4)] for v, i in zip(bottom.values, bottom.indices, strict=True)])
+
+    def _strongest(self, scores: Float[Tensor, " n"], label, k: int = 3) -> list:
+        """The `k` largest |scores|, signed: inhibitory connections count too."""
+        best = scores.abs().topk(min(k, len(scores))).indices.tolist()
+        return [[label(i), round(float(scores[i]), 4)] for i in best]
 
     def _pull(self, hook: str, vectors: Float[Tensor, "batch d"]) -> Leaves:
         return self.replay.grads(self.leaves, {hook: vectors[:, None, :]}, through_attention=False)
@@ -55,15 +57,16 @@ class Cards:
         upstream = []
         for layer in sorted(k for k in rm.codes if k < node.layer):
             scores = rm.codes[layer].W_dec @ g.mlp[0, layer, 0]
-            upstream += self._ends(scores, lambda i, layer=layer: f"L{layer}/{i}")[0][:3]
+            upstream += self._strongest(scores, lambda i, layer=layer: f"L{layer}/{i}")
         heads = self._heads(node, g)
+        leaves = self.leaves._replace(mlp=self.leaves.mlp.clone())
+        leaves.mlp[node.layer, 0] = c.W_dec[node.index]
+        with torch.no_grad():
+            written = self.replay(leaves)
         downstream = []
         for layer in sorted(k for k in rm.codes if k > node.layer):
-            leaves = self.leaves._replace(mlp=self.leaves.mlp.clone())
-            leaves.mlp[node.layer, 0] = c.W_dec[node.index]
-            with torch.no_grad():
-                x = self.replay(leaves)[rm.codes[layer].source.input_hook][0]
-            downstream += self._ends(x @ rm.codes[layer].W_enc, lambda i, layer=layer: f"L{layer}/{i}")[0][:3]
+            x = written[rm.codes[layer].source.input_hook][0]
+            downstream += self._strongest(x @ rm.codes[layer].W_enc, lambda i, layer=layer: f"L{layer}/{i}")
         z = float(c.z[node.pos, node.index]) if node.pos is not None else 0.0
         lines = [f"activation {z:.4g} at position {node.pos}", *heads]
         return {"title": f"L{node.layer} feature {node.index}", "lines": lines,

@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import MISSING
 
 TARGET_KINDS = ("logit", "logit_diff", "feature", "direction")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 
 @dataclass
@@ -82,3 +83,6 @@ class CircuitConfig:
     def __post_init__(self) -> None:
         if self.max_feature_nodes < 1 or self.batch_size < 1:
             raise ValueError("max_feature_nodes and batch_size must be >= 1.")
+        for key in ("replay_dtype", "model_dtype"):
+            if getattr(self, key) not in (None, *DTYPES):
+                raise ValueError(f"{key} must be one of {DTYPES}, got '{getattr(self, key)}'.")

@@ -42,9 +42,6 @@ class AttributionGraph:
         w[-1] = 1.0
         return w
 
-    def index(self, node: Node) -> int:
-        return self.nodes.index(node)
-
 
 def _influence_on_target(sources: Sources, rows: dict[int, Tensor], target_row: Tensor) -> Float[Tensor, " feature"]:
     """Every active feature's influence on the target through the rows computed so far (features
@@ -60,8 +57,8 @@ def _influence_on_target(sources: Sources, rows: dict[int, Tensor], target_row: 
 
 
 def attribute(rm: ReplacementModel, target: Target, max_feature_nodes: int = 4096, batch_size: int = 64,
-              progress: bool = True) -> AttributionGraph:
-    sources = Sources(rm)
+              progress: bool = True, sources: Sources | None = None) -> AttributionGraph:
+    sources = sources or Sources(rm)
     target_row = sources.edges(rm.replay.grads(rm.leaves, {target.hook: target.cotangent[None]}))[0]
     residual = abs(float(target_row.sum()) - (target.value - target.constant))
     rows: dict[int, Tensor] = {}
@@ -70,7 +67,7 @@ def attribute(rm: ReplacementModel, target: Target, max_feature_nodes: int = 409
     goal = min(max_feature_nodes, sources.n_features)
     queue: list[int] = list(range(sources.n_features)) if sources.n_features <= max_feature_nodes else []
     while len(rows) < goal:
-        if not queue:  # rank by influence again each time the rows double (circuit-tracer's phases)
+        if not queue:  # rank by influence again each time the rows double
             score = _influence_on_target(sources, rows, target_row)
             score[list(rows)] = -1
             queue = [f for f in score.topk(min(max(len(rows), batch_size), goal - len(rows))).indices.tolist()
@@ -93,10 +90,8 @@ def _assemble(rm: ReplacementModel, sources: Sources, target: Target, target_row
     kept = sorted(rows)
     dropped = [f for f in range(sources.n_features) if f not in rows]
     pruned = sorted({(columns[f].layer, columns[f].pos) for f in dropped})
-    target_node = Node("logit", None, target.pos, target.token) if target.kind == "logit" \
-        else Node("target", None, target.pos)
     nodes = ([columns[f] for f in kept] + columns[sources.n_features: -rm.n_pos - rm.n_layers - 2]
-             + [Node("pruned", lyr, p) for lyr, p in pruned] + columns[-rm.n_pos - rm.n_layers - 2:] + [target_node])
+             + [Node("pruned", lyr, p) for lyr, p in pruned] + columns[-rm.n_pos - rm.n_layers - 2:] + [target.node])
     where = {n: i for i, n in enumerate(nodes)}
     # column c of a row -> node index (dropped features -> their pruned node)
     to_node = torch.tensor([where[Node("pruned", n.layer, n.pos)] if (c < sources.n_features and c not in rows)
@@ -104,10 +99,8 @@ def _assemble(rm: ReplacementModel, sources: Sources, target: Target, target_row
     adjacency = torch.zeros(len(nodes), len(nodes), dtype=rm.dtype)
     for i, row in [(len(nodes) - 1, target_row), *((where[columns[f]], rows[f]) for f in kept)]:
         adjacency[i].index_add_(0, to_node, row)
-    values = sources.column_values()
-    activations = torch.zeros(len(nodes), dtype=rm.dtype)
-    activations.index_add_(0, to_node, torch.where(torch.arange(len(columns)) < sources.n_features,
-                                                   values, torch.zeros_like(values)))
+    activations = torch.zeros(len(nodes), dtype=rm.dtype)  # features: z; pruned: the z they merge
+    activations.index_add_(0, to_node[: sources.n_features], sources.acts)
     activations[-1] = target.value
     return AttributionGraph(nodes, adjacency, activations, target, rm.token_strings(), rm.n_layers, residual,
                             {"replay_error": rm.replay_error, "active_features": sources.n_features,

@@ -1,7 +1,8 @@
-"""Nodes of a circuit and their ids in circuit-tracer's scheme (`frontend/graph_models.py`):
-features `{layer}_{index}_{pos}`, errors `0_{layer}_{pos}`, tokens `E_{token}_{pos}`, logits
-`{n_layers+1}_{token}_{pos}`; tcx's own kinds get a letter (M real MLP, P pruned remainder, B bias,
-A attention head at a source position, T a non-logit target)."""
+"""Nodes of a circuit and their ids, in circuit-tracer's scheme (`frontend/graph_models.py`) where it
+is unambiguous: features `{layer}_{index}_{pos}`, tokens `E_{token}_{pos}`, logits
+`{n_layers+1}_{token}_{pos}`. Its error id `0_{layer}_{pos}` equals the id of layer-0 feature `layer` at
+the same position, so tcx writes `err_{layer}_{pos}`; tcx's own kinds get a letter (M real MLP,
+P pruned remainder, B bias, A attention head at a source position, T a non-logit target)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class Node:
     def node_id(self, n_layers: int) -> str:
         k, layer, pos, i = self.kind, self.layer, self.pos, self.index
         return {
-            "feature": f"{layer}_{i}_{pos}", "error": f"0_{layer}_{pos}", "embedding": f"E_{i}_{pos}",
+            "feature": f"{layer}_{i}_{pos}", "error": f"err_{layer}_{pos}", "embedding": f"E_{i}_{pos}",
             "logit": f"{n_layers + 1}_{i}_{pos}", "mlp": f"M_{layer}_{pos}", "pruned": f"P_{layer}_{pos}",
             "bias": f"B_{layer}", "attention": f"A_{layer}_{i}_{self.source}_{pos}", "target": f"T_{pos}",
         }[k]
@@ -42,13 +43,15 @@ class Node:
             return "E"
         if self.kind in ("logit", "target") or (self.kind == "bias" and self.layer == n_layers):
             return str(n_layers + 1)
-        return "E" if self.kind == "bias" and self.layer == -1 else str(self.layer)
+        return "E" if self.layer is None or self.layer < 0 else str(self.layer)
 
     def describe(self, tokens: list[str]) -> str:
         def at(pos: int | None) -> str:
             return f"@{pos} {tokens[pos]!r}" if pos is not None and 0 <= pos < len(tokens) else ""
 
         where, k = at(self.pos), self.kind
+        if self.parent is not None:
+            return {"error": "MLP errors", "bias": "biases", "pruned": "other sources"}[k] + " upstream (remainder)"
         if k == "attention":
             return f"L{self.layer} head {self.index} from {at(self.source)} to {where}"
         if k == "bias":

@@ -17,7 +17,9 @@ from tcx.circuits.direct import Contribution, Direct, Probe
 from tcx.circuits.nodes import Node
 from tcx.circuits.targets import Target
 
-UNEXPANDED = ("error", "mlp", "bias", "embedding", "pruned")
+Route = tuple[Node, ...]
+"""A node as reached from the target: the same feature reached two ways has two values (its probe,
+scaled by what lies downstream of it, differs), so path-search nodes are routes."""
 
 
 @dataclass
@@ -30,65 +32,60 @@ class Path:
 @dataclass
 class PathGraph:
     paths: list[Path]
-    edges: dict[tuple[Node, Node], float] = field(default_factory=dict)
-    """(child, parent) -> contribution of child to the target through parent."""
-    values: dict[Node, float] = field(default_factory=dict)
+    edges: dict[tuple[Route, Route], float] = field(default_factory=dict)
+    """(child route, parent route) -> the child's contribution to the target through the parent."""
+    values: dict[Route, float] = field(default_factory=dict)
 
-    def remainders(self) -> dict[Node, float]:
-        return {p: v for (c, p), v in self.edges.items() if c.kind == "pruned"}
+    def remainders(self) -> dict[Route, float]:
+        """Each merged parent's pruned remainder."""
+        return {p: v for (c, p), v in self.edges.items() if c[-1].kind == "pruned"}
 
 
 def search(direct: Direct, target: Target, target_node: Node, num_iters: int = 3, num_branches: int = 15,
            progress: bool = True) -> PathGraph:
-    if num_iters < 1 or num_branches < 1:
-        raise ValueError(f"circuit.search.num_iters={num_iters} and num_branches={num_branches} must be >= 1.")
-    root = Probe(target.hook, target.cotangent, target.constant)
-    graph = PathGraph([Path([target_node], target.value, root)], values={target_node: target.value})
+    """`num_iters`, `num_branches` are validated by `SearchConfig`."""
+    root = Path([target_node], target.value, Probe(target.hook, target.cotangent, target.constant))
+    graph = PathGraph([root], values={(target_node,): target.value})
     frontier = graph.paths
-    expanded: dict[Node, list[Contribution]] = {}
-    constants: dict[Node, float] = {}
+    expanded: dict[Route, tuple[list[Contribution], float]] = {}
     for _ in tqdm(range(num_iters), desc="path search", disable=not progress):
         candidates: list[Path] = []
         for path in frontier:
-            last = path.nodes[-1]
-            if path.probe is None or last.kind in UNEXPANDED:
+            if path.probe is None:  # tokens: nothing upstream
                 candidates.append(path)
                 continue
-            if last not in expanded:
-                expanded[last] = direct.contributions(path.probe)
-                constants[last] = path.probe.constant
-                graph.values.setdefault(last, path.value)
-            candidates += [Path([*path.nodes, c.node], c.value, c.probe) for c in expanded[last]
+            route = tuple(path.nodes)
+            if route not in expanded:
+                expanded[route] = (direct.contributions(path.probe), path.probe.constant)
+            candidates += [Path([*path.nodes, c.node], c.value, c.probe) for c in expanded[route][0]
                            if c.node not in path.nodes and c.node.kind not in ("error", "mlp", "bias")]
         frontier = sorted(candidates, key=lambda p: -abs(p.value))[:num_branches]
     graph.paths = frontier
-    kept = {(p.nodes[k + 1], p.nodes[k]) for p in frontier for k in range(len(p.nodes) - 1)}
-    for parent, children in expanded.items():
-        _merge(graph, parent, children, kept, constants[parent])
+    kept = {tuple(p.nodes[: k + 1]) for p in frontier for k in range(len(p.nodes))}
+    for route, (children, constant) in expanded.items():
+        if route in kept:  # parents off every kept path would be islands, already in a remainder
+            _merge(graph, route, children, kept, constant, len(graph.values))
     return graph
 
 
-def _merge(graph: PathGraph, parent: Node, children: list[Contribution], kept: set[tuple[Node, Node]],
-           constant: float) -> None:
+def _merge(graph: PathGraph, parent: Route, children: list[Contribution], kept: set[Route], constant: float,
+           tag: int) -> None:
     """The parent's children on kept paths, and error, bias and pruned remainders summing the rest
     (the bias lump includes the parent's own constant: b_enc, b_U)."""
+    graph.values.setdefault(parent, sum(c.value for c in children) + constant)
     lumps = {"error": 0.0, "bias": constant, "pruned": 0.0}
     for c in children:
-        if (c.node, parent) in kept:
-            graph.edges[(c.node, parent)] = c.value
-            graph.values.setdefault(c.node, c.value)
+        route = (*parent, c.node)
+        if route in kept:
+            graph.edges[(route, parent)] = c.value
+            graph.values[route] = c.value
         else:
             lumps["error" if c.node.kind in ("error", "mlp") else "bias" if c.node.kind == "bias" else "pruned"] \
                 += c.value
     for kind, value in lumps.items():
-        lump = Node(kind, parent.layer, parent.pos, parent=_uid(parent))
-        graph.edges[(lump, parent)] = value
-        graph.values[lump] = value
-
-
-def _uid(parent: Node) -> int:
-    """Remainder nodes belong to one parent: tag them with its hash so they never merge."""
-    return hash(parent) & 0x7FFFFFFF
+        route = (*parent, Node(kind, parent[-1].layer, parent[-1].pos, parent=tag))
+        graph.edges[(route, parent)] = value
+        graph.values[route] = value
 
 
 def format_paths(graph: PathGraph, tokens: list[str]) -> str:

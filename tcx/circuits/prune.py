@@ -7,6 +7,9 @@ always stay.
     replacement  = token influence / (token + error influence): how much of the target the
                    features explain end to end from the prompt
     completeness = influence-weighted share of every node's inputs that come from non-error nodes
+Unlike circuit-tracer, tcx counts the `pruned` remainders (features given no row) and real MLPs as
+unexplained, and bias nodes as explained; circuit-tracer drops the unselected features' edges and has
+no bias nodes. Validation of the thresholds is `PruneConfig`'s.
 """
 
 from __future__ import annotations
@@ -54,9 +57,6 @@ def prune(adjacency: Tensor, weights: Tensor, always: Bool[Tensor, " n"], has_in
           node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Pruned:
     """`always`: nodes kept whatever their influence (tokens, targets); `has_inputs`: nodes that
     must keep an incoming edge to stay (features)."""
-    for name, t in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-        if not 0.0 <= t <= 1.0:
-            raise ValueError(f"circuit.prune.{name}={t} must be in [0, 1].")
     node_influence = influence(normalised(adjacency), weights)
     keep = (node_influence >= _cutoff(node_influence, node_threshold)) | always
     kept = adjacency * keep[:, None] * keep[None, :]
@@ -70,6 +70,14 @@ def prune(adjacency: Tensor, weights: Tensor, always: Bool[Tensor, " n"], has_in
         edges &= keep[:, None] & keep[None, :]
         if torch.equal(keep, before):
             return Pruned(keep, edges, node_influence)
+
+
+def prune_graph(graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Pruned:
+    """`prune` with tcx's node kinds: tokens and the target always stay; features need an input."""
+    kinds = [n.kind for n in graph.nodes]
+    return prune(graph.adjacency, graph.target_weights, torch.tensor([k in ("embedding", "logit", "target")
+                                                                      for k in kinds]),
+                 torch.tensor([k == "feature" for k in kinds]), node_threshold, edge_threshold)
 
 
 def scores(adjacency: Tensor, weights: Tensor, kinds: list[str]) -> dict[str, float]:

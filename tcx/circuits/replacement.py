@@ -8,6 +8,7 @@ feature's activation, each MLP's error, and the frozen replay checked against th
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from tcx.circuits.family import Weights
 from tcx.circuits.replay import Frozen, Leaves, Replay
+from tcx.dictionaries.base import Dictionary
 from tcx.errors import ConfigError
 from tcx.runs.record import OpenedDictionary
 
@@ -30,6 +32,8 @@ class LayerCodes:
 
     layer: int
     source: OpenedDictionary
+    dictionary: Dictionary
+    """A copy of the source's, in the replay's dtype and model units, with no gradients."""
     x: Float[Tensor, "pos d_in"]
     """Its clean input (at `source.input_hook`)."""
     z: Float[Tensor, "pos d_sae"]
@@ -38,19 +42,19 @@ class LayerCodes:
 
     @property
     def W_enc(self) -> Float[Tensor, "d_in d_sae"]:
-        return self.source.dictionary.W_enc
+        return self.dictionary.W_enc
 
     @property
     def W_dec(self) -> Float[Tensor, "d_sae d"]:
-        return self.source.dictionary.W_dec
+        return self.dictionary.W_dec
 
     @property
     def b_enc(self) -> Float[Tensor, " d_sae"]:
-        return self.source.dictionary.b_enc
+        return self.dictionary.b_enc
 
     @property
     def b_dec(self) -> Float[Tensor, " d"]:
-        return self.source.dictionary.b_dec
+        return self.dictionary.b_dec
 
 
 def _place(transcoders: list[OpenedDictionary], n_layers: int) -> dict[int, OpenedDictionary]:
@@ -88,6 +92,8 @@ class ReplacementModel:
     codes: dict[int, LayerCodes]
     cache: dict[str, Tensor]
     replay_error: float
+    hooks: list[str]
+    """Every hook the frozen replay computes (what targets and transcoders may read)."""
 
     @property
     def n_layers(self) -> int:
@@ -101,9 +107,12 @@ class ReplacementModel:
     def dtype(self) -> torch.dtype:
         return self.weights.W_E.dtype
 
-    def token_strings(self) -> list[str]:
+    def token_text(self, token: int) -> str:
         decode = getattr(self.lm.tokenizer, "decode", None)
-        return [decode([int(t)]) if decode else str(int(t)) for t in self.tokens]
+        return decode([int(token)]) if decode else str(int(token))
+
+    def token_strings(self) -> list[str]:
+        return [self.token_text(t) for t in self.tokens]
 
     @classmethod
     def build(cls, lm: Any, transcoders: list[OpenedDictionary], tokens: Int[Tensor, " pos"],
@@ -128,14 +137,16 @@ class ReplacementModel:
         skips: dict[int, tuple[str, Tensor]] = {}
         mlp = torch.stack([cache[f"blocks.{i}.hook_mlp_out"][0] for i in range(weights.n_layers)])
         for layer, t in sorted(placed.items()):
-            d = t.dictionary.to(dtype).eval().requires_grad_(False)
+            d = copy.deepcopy(t.dictionary).to(dtype).eval().requires_grad_(False)  # the caller's stays as is
+            if not d.in_model_units:
+                d.rescale_()
             x = cache[t.input_hook][0]
             if x.shape[-1] != d.d_in:
                 raise ConfigError(f"{t.source} expects width {d.d_in} at {t.input_hook}, but the model has "
                                   f"{x.shape[-1]} there: it was trained on another model.")
             with torch.no_grad():
                 z, y = d.encode_decode(x)
-            codes[layer] = LayerCodes(layer, t, x, z, mlp[layer] - y)
+            codes[layer] = LayerCodes(layer, t, d, x, z, mlp[layer] - y)
             W_skip = getattr(d, "W_skip", None)
             if W_skip is not None:
                 skips[layer] = (t.input_hook, W_skip.detach())
@@ -143,5 +154,11 @@ class ReplacementModel:
         embed = cache["embed_ln.hook_in" if weights.family == "post" else "blocks.0.hook_resid_pre"][0]
         leaves = Leaves(embed, torch.zeros_like(mlp), mlp, torch.ones(weights.n_layers + 2, dtype=dtype))
         replay = Replay(weights, Frozen.from_cache(cache, weights.n_layers, dtype), skips)
+        with torch.no_grad():
+            hooks = list(replay(leaves))
+        unknown = sorted({d.input_hook for d in placed.values()} - set(hooks))
+        if unknown:
+            raise ConfigError(f"the transcoders read {unknown}, which the frozen replay of the {weights.family}-"
+                              f"norm family does not compute; it computes e.g. {hooks[:8]}.")
         worst = replay.check(leaves, cache, rtol)
-        return cls(lm, tokens, weights, replay, leaves, codes, cache, worst)
+        return cls(lm, tokens, weights, replay, leaves, codes, cache, worst, hooks)

@@ -1,7 +1,7 @@
 """The frozen replay: the model recomputed from its weights with every nonlinearity fixed at the
 clean run, so that it is linear in what is written into the residual stream.
 
-Nothing is edited through hooks (transformer-lens discards some of those edits, FACTS.md): the
+Nothing is edited through hooks (transformer-lens 4 discards pattern edits on some bridges): the
 forward pass below is the residual algebra of `family.py`, fed with the clean run's attention
 patterns and norm scales, and `check` refuses to go on unless it reproduces the clean run's hooks.
 
@@ -54,10 +54,10 @@ class Frozen:
 
     @classmethod
     def invariant(cls, weights: Weights, norms: list[str]) -> Frozen:
-        """One position, every scale 1, every head attending to itself: the input-invariant maps
-        (de-embeddings, feature-to-feature weights) with each norm's centring and weight kept."""
+        """One position, every scale 1, attention writing nothing: the input-invariant maps through the
+        residual stream (de-embeddings, feature-to-feature weights), each norm's centring and weight kept."""
         one = torch.ones(1, 1, dtype=weights.W_E.dtype)
-        return cls([torch.ones(weights.n_heads, 1, 1, dtype=one.dtype)] * weights.n_layers,
+        return cls([torch.zeros(weights.n_heads, 1, 1, dtype=one.dtype)] * weights.n_layers,
                    {n: one for n in norms})
 
 
@@ -71,7 +71,7 @@ class Replay:
         self.w, self.frozen = weights, frozen
         self.skips = skips or {}
         """layer -> (input hook, W_skip [d_in d]) of skip transcoders: `x @ W_skip` stays live."""
-        self._graphs: dict[tuple[int, bool], tuple[Leaves, dict[str, Tensor]]] = {}
+        self._graphs: dict[tuple, tuple[Leaves, dict[str, Tensor]]] = {}
 
     def attention_input(self, layer: int) -> str:
         """The hook the attention of `layer` reads its values from."""
@@ -121,7 +121,7 @@ class Replay:
                     x = x + a
                     acts[p + "hook_resid_mid"] = x
                 h2 = self._norm(acts, p + "ln2", x, g[i + 1], w.ln2[i])
-                acts[p + "mlp.hook_in"] = h2
+                acts[p + "mlp.hook_in"] = acts[p + "hook_mlp_in"] = h2
                 m = self._mlp(acts, i, leaves.mlp[i])
                 x = x + m if w.family == "pre" else x + a + m
             acts[p + "hook_resid_post"] = acts[p + "hook_out"] = x
@@ -143,9 +143,10 @@ class Replay:
             worst = max(worst, err)
             if err > rtol:
                 raise ConfigError(
-                    f"the frozen replay of {self.w.family}-norm family does not reproduce the model at "
-                    f"'{name}' (relative difference {err:.2e} > circuit.replay_rtol={rtol:g}): this "
-                    "architecture is not one the circuits engine knows, so nothing was attributed.")
+                    f"the frozen replay ({self.w.family}-norm family, {mine.dtype}) does not reproduce the model "
+                    f"at '{name}' (relative difference {err:.2e} > replay_rtol={rtol:g}), so nothing was "
+                    "attributed. In half precision or a deep float32 model, try replay_dtype=float64 or a "
+                    "looser replay_rtol; a larger difference means an architecture the engine does not know.")
         return worst
 
     def grads(self, leaves: Leaves, cotangents: dict[str, Float[Tensor, "batch pos d"]],
@@ -153,7 +154,7 @@ class Replay:
         """d(sum over hooks of cotangent . hook)/d leaf, one row per batch entry of the cotangents.
         The frozen model is linear, so its gradients do not depend on the leaves' values: the forward
         graph is built once per mode and reused by every batch."""
-        key = (id(leaves), through_attention)
+        key = (through_attention, tuple(leaves.embed.shape), leaves.embed.dtype)
         if key not in self._graphs:
             live = Leaves(*(t.detach().clone().requires_grad_(True) for t in leaves))
             with torch.enable_grad():

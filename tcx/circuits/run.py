@@ -16,7 +16,7 @@ from tcx.circuits.graph import AttributionGraph, attribute
 from tcx.circuits.nodes import Node
 from tcx.circuits.page import write_page, write_png
 from tcx.circuits.paths import PathGraph, format_paths, search
-from tcx.circuits.prune import prune, scores
+from tcx.circuits.prune import prune_graph, scores
 from tcx.circuits.replacement import ReplacementModel
 from tcx.circuits.sources import Sources
 from tcx.circuits.targets import Target, direction_target, feature_target, logit_target
@@ -38,14 +38,7 @@ def resolve_target(rm: ReplacementModel, t: TargetConfig) -> Target:
     if t.kind in ("logit", "logit_diff"):
         if t.kind == "logit_diff" and (t.token is None or t.other is None):
             raise ConfigError("circuit.target.kind=logit_diff needs target.token and target.other.")
-        token = t.token
-        if token is None:  # the model's own top prediction
-            if rm.weights.W_U is None:
-                raise ConfigError(f"{rm.lm.spec.name} has no language-model head: use target.kind=direction "
-                                  "(a probe file) or target.kind=feature.")
-            logits = rm.cache["ln_final.hook_out"][0, int(t.pos)] @ rm.weights.W_U
-            token = f"#{int(logits.argmax())}"
-        return logit_target(rm, token, t.other if t.kind == "logit_diff" else None, t.pos)
+        return logit_target(rm, t.token, t.other if t.kind == "logit_diff" else None, t.pos)
     if t.kind == "feature":
         if t.layer is None or t.index is None:
             raise ConfigError("circuit.target.kind=feature needs target.layer and target.index (and target.pos).")
@@ -55,30 +48,23 @@ def resolve_target(rm: ReplacementModel, t: TargetConfig) -> Target:
     return direction_target(rm, t.path, t.hook, t.pos)
 
 
-def target_node(target: Target) -> Node:
-    return Node("logit", None, target.pos, target.token) if target.kind == "logit" else Node("target", None, target.pos)
-
-
 def run_circuit(cfg: CircuitConfig, out_dir: str | Path) -> dict[str, Any]:
     out_dir, started = Path(out_dir), time.time()
-    paths = [cfg.transcoders] if isinstance(cfg.transcoders, str) else list(cfg.transcoders)
-    runs = open_runs(paths, model=cfg.model)
+    sources_given = [cfg.transcoders] if isinstance(cfg.transcoders, str) else list(cfg.transcoders)
+    runs = open_runs(sources_given, model=cfg.model)
     if cfg.model_dtype:
         runs.model_dtype = cfg.model_dtype
     rm = ReplacementModel.build(runs.lm, runs.dictionaries, prompt_tokens(runs.lm, cfg.prompt),
                                 getattr(torch, cfg.replay_dtype) if cfg.replay_dtype else None, cfg.replay_rtol)
     target = resolve_target(rm, cfg.target)
-    graph = attribute(rm, target, cfg.max_feature_nodes, cfg.batch_size, cfg.progress)
-    kinds = [n.kind for n in graph.nodes]
-    always = torch.tensor([k in ("embedding", "logit", "target") for k in kinds])
-    has_inputs = torch.tensor([k == "feature" for k in kinds])
-    pruned = prune(graph.adjacency, graph.target_weights, always, has_inputs,
-                   cfg.prune.node_threshold, cfg.prune.edge_threshold)
-    graph_scores = scores(graph.adjacency, graph.target_weights, kinds)
-    paths = search(Direct(rm, Sources(rm)), target, target_node(target), cfg.search.num_iters,
+    sources = Sources(rm)
+    graph = attribute(rm, target, cfg.max_feature_nodes, cfg.batch_size, cfg.progress, sources)
+    pruned = prune_graph(graph, cfg.prune.node_threshold, cfg.prune.edge_threshold)
+    graph_scores = scores(graph.adjacency, graph.target_weights, [n.kind for n in graph.nodes])
+    paths = search(Direct(rm, sources), target, graph.nodes[-1], cfg.search.num_iters,
                    cfg.search.num_branches, cfg.progress)
     cards = Cards(rm, cfg.card_top)
-    shown = [n for i, n in enumerate(graph.nodes) if pruned.nodes[i]] + list(paths.values)
+    shown = [n for i, n in enumerate(graph.nodes) if pruned.nodes[i]] + [route[-1] for route in paths.values]
     card_json = cards.cards(list(dict.fromkeys(shown)), rm.n_layers)
     summary = _summary(cfg, rm, graph, target, graph_scores, pruned.nodes, paths, time.time() - started)
     meta = {"slug": out_dir.name, "scan": runs.spec.name, "prompt": cfg.prompt,
@@ -86,7 +72,9 @@ def run_circuit(cfg: CircuitConfig, out_dir: str | Path) -> dict[str, Any]:
     tcx = {"target": {"kind": target.kind, "label": target.label, "value": target.value},
            "scores": graph_scores, "n_layers": rm.n_layers, "cards": card_json, "summary": summary}
     doc = graph_document(graph, pruned.nodes, pruned.edges, pruned.node_influence, meta, tcx)
-    path_doc = path_document(paths, rm.n_layers, graph.tokens, meta, tcx)
+    activation = {n: float(a) for n, a in zip(graph.nodes, graph.activations, strict=True) if n.kind == "feature"}
+    activation.update({Node("feature", lyr, p, i): float(z) for lyr, p, i, z in sources.active()})
+    path_doc = path_document(paths, rm.n_layers, graph.tokens, meta, tcx, activation)
     write_json(out_dir / "graph.json", doc)
     write_json(out_dir / "paths.json", path_doc)
     write_tensors(graph, out_dir / "graph.safetensors")

@@ -24,10 +24,12 @@ class Sources:
             feats.append(torch.stack([torch.full_like(pos, layer), pos, idx], 1))
         self.features: Int[Tensor, "feature 3"] = torch.cat(feats) if feats else torch.zeros(0, 3, dtype=torch.long)
         """(layer, pos, index) of every active feature, by layer then position."""
-        self.acts = torch.stack([rm.codes[int(lyr)].z[p, i] for lyr, p, i in self.features.tolist()]) \
-            if len(self.features) else torch.zeros(0, dtype=rm.dtype)
+        self.acts = torch.cat([rm.codes[layer].z[self.features[self.features[:, 0] == layer, 1],
+                                                  self.features[self.features[:, 0] == layer, 2]]
+                               for layer in sorted(rm.codes)]) if len(self.features) else torch.zeros(0, dtype=rm.dtype)
         self.constants = torch.stack([rm.codes[i].error if i in rm.codes else rm.leaves.mlp[i] for i in range(L)])
         """[layer pos d]: the error where a transcoder sits, else the real MLP's whole write."""
+        self._nodes = self._column_nodes()
         self.n_features = len(self.features)
         self.groups: dict[tuple[int, int], Tensor] = {}
         """(layer, pos) -> the feature columns active there."""
@@ -38,17 +40,18 @@ class Sources:
 
     # -- column bookkeeping --------------------------------------------------------------------
     def column_nodes(self) -> list[Node]:
+        return self._nodes
+
+    def _column_nodes(self) -> list[Node]:
         rm, L, P = self.rm, self.rm.n_layers, self.rm.n_pos
         nodes = [Node("feature", lyr, p, i) for lyr, p, i in self.features.tolist()]
         nodes += [Node("error" if lyr in rm.codes else "mlp", lyr, p) for lyr in range(L) for p in range(P)]
         nodes += [Node("bias", k - 1) for k in range(L + 2)]
         return nodes + [Node("embedding", None, p, int(rm.tokens[p])) for p in range(P)]
 
-    def column_values(self) -> Float[Tensor, " col"]:
-        """Each source's own size: activation, error/MLP norm, 1 for biases, embedding norm."""
-        rm = self.rm
-        return torch.cat([self.acts, self.constants.norm(dim=-1).flatten(),
-                          torch.ones(rm.n_layers + 2, dtype=rm.dtype), rm.leaves.embed.norm(dim=-1)])
+    def active(self) -> list[tuple[int, int, int, float]]:
+        """(layer, pos, index, activation) of every active feature."""
+        return [(*f, float(a)) for f, a in zip(self.features.tolist(), self.acts, strict=True)]
 
     # -- edges ---------------------------------------------------------------------------------
     @torch.no_grad()

@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tcx.circuits.nodes import Node
 from tcx.circuits.replacement import ReplacementModel
 from tcx.errors import ConfigError
 
@@ -33,6 +34,10 @@ class Target:
     token: int | None = None
     """A logit target's token id."""
 
+    @property
+    def node(self) -> Node:
+        return Node("logit", None, self.pos, self.token) if self.kind == "logit" else Node("target", None, self.pos)
+
 
 def one_token(rm: ReplacementModel, token: str | int, key: str) -> int:
     """`token` as text that must be exactly one token ("5" for Hydra's 5 too), or `#<id>`."""
@@ -41,14 +46,18 @@ def one_token(rm: ReplacementModel, token: str | int, key: str) -> int:
         return int(token[1:])
     ids = rm.lm.encode(token)
     if len(ids) != 1:
-        pieces = [rm.lm.tokenizer.decode([i]) for i in ids] if hasattr(rm.lm.tokenizer, "decode") else ids
+        pieces = [rm.token_text(i) for i in ids]
         raise ConfigError(f"circuit.target.{key}='{token}' is {len(ids)} tokens ({pieces}), not one: give "
                           "a string that is a single token (mind the leading space), or '#<id>'.")
     return ids[0]
 
 
 def _position(rm: ReplacementModel, pos: int | str, key: str = "pos") -> int:
-    p = int(pos)
+    try:
+        p = int(pos)
+    except (TypeError, ValueError):
+        raise ConfigError(f"circuit.target.{key}={pos!r} is not a position (an integer; 'mean' only for "
+                          "target.kind=direction).") from None
     if not -rm.n_pos <= p < rm.n_pos:
         raise ConfigError(f"circuit.target.{key}={pos} is outside the prompt's {rm.n_pos} tokens.")
     return p % rm.n_pos
@@ -60,22 +69,22 @@ def _at(rm: ReplacementModel, pos: int, vector: Tensor) -> Tensor:
     return cot
 
 
-def logit_target(rm: ReplacementModel, token: str | int, other: str | int | None = None,
+def logit_target(rm: ReplacementModel, token: str | int | None, other: str | int | None = None,
                  pos: int | str = -1) -> Target:
+    """`token=None`: the model's own top prediction at `pos`."""
     w = rm.weights
     if w.W_U is None:
         raise ConfigError(f"{rm.lm.spec.name} has no language-model head: use circuit.target.kind=direction "
                           "(a probe) or feature.")
-    p, a = _position(rm, pos), one_token(rm, token, "token")
+    p = _position(rm, pos)
+    bias = w.b_U if w.b_U is not None else torch.zeros(w.W_U.shape[1], dtype=rm.dtype)
+    logits = rm.cache["ln_final.hook_out"][0, p] @ w.W_U + bias
+    a = int(logits.argmax()) if token is None else one_token(rm, token, "token")
     b = None if other is None else one_token(rm, other, "other")
     u = w.W_U[:, a] - (w.W_U[:, b] if b is not None else 0)
-    bias = w.b_U if w.b_U is not None else torch.zeros(w.W_U.shape[1], dtype=rm.dtype)
     constant = float(bias[a] - (bias[b] if b is not None else 0))
-    logits = rm.cache["ln_final.hook_out"][0, p] @ w.W_U + bias
     probs = logits.softmax(-1)
-    name = rm.lm.tokenizer.decode([a]) if hasattr(rm.lm.tokenizer, "decode") else str(a)
-    label = f"logit({name!r})" if b is None else \
-        f"logit({name!r}) - logit({rm.lm.tokenizer.decode([b]) if hasattr(rm.lm.tokenizer, 'decode') else b!r})"
+    label = f"logit({rm.token_text(a)!r})" + ("" if b is None else f" - logit({rm.token_text(b)!r})")
     value = float(logits[a] - (logits[b] if b is not None else 0))
     return Target("logit" if b is None else "logit_diff", label, "ln_final.hook_out", _at(rm, p, u),
                   constant, value, p, float(probs[a]), a)
@@ -123,7 +132,7 @@ def load_direction(path: str | Path) -> tuple[Tensor, float]:
         vec = next((obj[k] for k in ("direction", "weight", "w") if k in obj), None)
         if vec is None:
             raise ConfigError(f"{path} holds {sorted(obj)}; a probe file needs 'direction' (or 'weight').")
-        bias = float(torch.as_tensor(obj.get("bias", 0.0)).reshape(-1)[0]) if "bias" in obj else 0.0
+        bias = float(torch.as_tensor(obj.get("bias", 0.0)).reshape(-1)[0])
     else:
         vec = obj
     vec = torch.as_tensor(vec).reshape(-1)
@@ -132,8 +141,9 @@ def load_direction(path: str | Path) -> tuple[Tensor, float]:
 
 def direction_target(rm: ReplacementModel, path: str | Path, hook: str | None, pos: int | str) -> Target:
     hook = hook or f"blocks.{rm.n_layers - 1}.hook_out"
-    if hook not in rm.cache:
-        raise ConfigError(f"circuit.target.hook='{hook}' is not a hook of {rm.lm.spec.name}.")
+    if hook not in rm.hooks:
+        raise ConfigError(f"circuit.target.hook='{hook}' is not a hook the frozen replay of "
+                          f"{rm.lm.spec.name} computes; it computes e.g. {rm.hooks[-4:]}.")
     vec, bias = load_direction(path)
     act = rm.cache[hook][0]
     if vec.numel() != act.shape[-1]:

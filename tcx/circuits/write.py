@@ -42,6 +42,7 @@ def _document(meta: dict[str, Any], tokens: list[str], nodes: list[dict], links:
 def graph_document(graph: AttributionGraph, keep: torch.Tensor, edges: torch.Tensor, node_influence: torch.Tensor,
                    meta: dict[str, Any], tcx: dict[str, Any]) -> dict[str, Any]:
     n, ids = graph.n_layers, [node.node_id(graph.n_layers) for node in graph.nodes]
+    assert len(set(ids)) == len(ids), "two nodes share an id"
     nodes = [_node_json(node, n, graph.tokens, ids[i], float(graph.activations[i]), float(node_influence[i]),
                         graph.target.token_prob if node.kind == "logit" else 0.0)
              for i, node in enumerate(graph.nodes) if keep[i]]
@@ -52,15 +53,18 @@ def graph_document(graph: AttributionGraph, keep: torch.Tensor, edges: torch.Ten
 
 
 def path_document(paths: PathGraph, n_layers: int, tokens: list[str], meta: dict[str, Any],
-                  tcx: dict[str, Any]) -> dict[str, Any]:
-    def ident(node: Node) -> str:
-        if node.parent is not None:  # a remainder of one expanded node
-            return f"{node.kind[0].upper()}R_{node.parent}"
-        return node.node_id(n_layers)
+                  tcx: dict[str, Any], activations: dict[Node, float]) -> dict[str, Any]:
+    """Path-search nodes are routes (a node as reached from the target): ids get the route's number."""
+    number = {route: k for k, route in enumerate(paths.values)}
 
-    nodes = [_node_json(node, n_layers, tokens, ident(node), value, value) for node, value in paths.values.items()]
+    def ident(route: tuple[Node, ...]) -> str:
+        return f"{route[-1].node_id(n_layers)}~{number[route]}"
+
+    nodes = [_node_json(route[-1], n_layers, tokens, ident(route), activations.get(route[-1]), value)
+             for route, value in paths.values.items()]
     links = [{"source": ident(c), "target": ident(p), "weight": v} for (c, p), v in paths.edges.items()]
-    listed = [{"value": p.value, "nodes": [ident(x) for x in p.nodes]} for p in paths.paths]
+    listed = [{"value": p.value, "nodes": [ident(tuple(p.nodes[: k + 1])) for k in range(len(p.nodes))
+                                           if tuple(p.nodes[: k + 1]) in number]} for p in paths.paths]
     return _document(meta, tokens, nodes, links, {**tcx, "paths": listed})
 
 
