@@ -91,12 +91,23 @@ def test_rows_sum_to_preactivations_from_an_independent_clean_run(make_cfg, nois
 
 
 def frozen_hooks(rm, mlp_writes: dict[int, torch.Tensor]) -> list:
-    """Hooks that freeze the real model at the clean run: patterns, norm scales, MLP outputs."""
+    """Hooks that freeze the real model at the clean run: attention mixes the live values with the
+    clean pattern (`z = A v` at hook_z: transformer-lens 3.9 ignores edits of hook_pattern on this
+    bridge), norm scales and MLP outputs are the clean ones."""
     def put(value):
         return lambda act, hook: value[None].to(act.dtype)
 
-    hooks = [(f"blocks.{i}.attn.hook_pattern", put(rm.cache[f"blocks.{i}.attn.hook_pattern"][0]))
-             for i in range(rm.n_layers)]
+    values: dict[int, torch.Tensor] = {}
+
+    def keep_v(i):
+        return lambda act, hook: values.__setitem__(i, act) or act
+
+    def mix(i):
+        pattern = rm.cache[f"blocks.{i}.attn.hook_pattern"].to(torch.float64)
+        return lambda act, hook: torch.einsum("bhts,bshe->bthe", pattern.to(act.dtype), values[i])
+
+    hooks = [hook for i in range(rm.n_layers) for hook in
+             ((f"blocks.{i}.attn.hook_v", keep_v(i)), (f"blocks.{i}.attn.hook_z", mix(i)))]
     hooks += [(name, put(t[0])) for name, t in rm.cache.items() if name.endswith("hook_scale")]
     return hooks + [(f"blocks.{i}.hook_mlp_out", put(w)) for i, w in mlp_writes.items()]
 

@@ -33,7 +33,7 @@ def family_of(bridge: Any) -> Family:
 def _optional(bridge: Any, name: str) -> Tensor | None:
     try:
         return getattr(bridge, name)
-    except AttributeError:  # bias-free projections (Llama) say so with an AttributeError
+    except (AttributeError, TypeError):  # bias-free projections (Llama): 4.x raises AttributeError, 3.9 TypeError
         return None
 
 
