@@ -72,8 +72,7 @@ def run_circuit(cfg: CircuitConfig, out_dir: str | Path) -> dict[str, Any]:
     tcx = {"target": {"kind": target.kind, "label": target.label, "value": target.value},
            "scores": graph_scores, "n_layers": rm.n_layers, "cards": card_json, "summary": summary}
     doc = graph_document(graph, pruned.nodes, pruned.edges, pruned.node_influence, meta, tcx)
-    activation = {n: float(a) for n, a in zip(graph.nodes, graph.activations, strict=True) if n.kind == "feature"}
-    activation.update({Node("feature", lyr, p, i): float(z) for lyr, p, i, z in sources.active()})
+    activation = {Node("feature", lyr, p, i): z for lyr, p, i, z in sources.active()}
     path_doc = path_document(paths, rm.n_layers, graph.tokens, meta, tcx, activation)
     write_json(out_dir / "graph.json", doc)
     write_json(out_dir / "paths.json", path_doc)
