@@ -162,7 +162,7 @@ def test_dead_and_dense_fractions_on_hand_made_codes():
     z = torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 9 + [[1.0, 2.0, 0.0, 0.0]])  # f0 always, f1 10%, f2 f3 never
     s.add(z, torch.zeros(10, 2), torch.ones(10, 2) + torch.arange(10.0)[:, None])
     r = s.result(dense_threshold=0.05)
-    assert r["dead_fraction"] == 0.5 and r["dense_fraction"] == 0.5 and r["l0"] == 1.1
+    assert r["unfired_fraction"] == 0.5 and r["dense_fraction"] == 0.5 and r["l0"] == 1.1
     assert Stats(torch.zeros(4, dtype=torch.long)).fired.sum() == 0
     assert s.result(dense_threshold=0.5)["dense_fraction"] == 0.25
 

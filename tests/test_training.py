@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -39,6 +41,25 @@ def test_smoke_run_writes_every_output(make_cfg, tmp_path):
     assert not list(tmp_path.rglob("*.tmp")), "a temp file was left behind"
 
 
+@pytest.mark.parametrize("kind", ["transcoder", "sae", "gated"])
+def test_the_smoke_experiment_trains_a_working_dictionary(make_cfg, tmp_path, kind):
+    # what a user runs first (experiment=smoke, no coefficient given) must not train a dead dictionary
+    train(make_cfg(f"dictionary={kind}"), tmp_path)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    d_sae = json.loads((tmp_path / "dictionary.json").read_text())["d_sae"]
+    assert 2 <= m["l0"] <= 0.6 * d_sae and m["fvu"] < 0.7 and m["dead_fraction"] < 0.25, m
+
+
+def test_dead_fraction_is_the_training_window_and_held_out_has_its_own_name(make_cfg, tmp_path):
+    train(make_cfg("trainer.max_tokens=16384", "trainer.dead_window_tokens=8192"), tmp_path)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    rows = list(csv.DictReader((tmp_path / "logs" / "metrics.csv").open()))
+    logged = [float(r["dead_fraction"]) for r in rows if r.get("dead_fraction")]
+    assert m["dead_fraction"] == pytest.approx(logged[-1])  # what training measured, not overwritten
+    assert "train_dead_fraction" not in m and 0 <= m["unfired_fraction"] <= 1
+    assert m["eval_tokens"] > 0
+
+
 def test_bank_members_match_solo_runs(make_cfg, tmp_path):
     values = [0.001, 0.01, 0.1]
     short = ["trainer.max_tokens=16384"]
@@ -56,13 +77,19 @@ def test_bank_members_match_solo_runs(make_cfg, tmp_path):
     assert not torch.equal(first, last)
 
 
+EVERY_KIND = ("bank=[{name: relu}, {dictionary: sae, name: sae}, {dictionary: topk, k: 8, name: topk},"
+              " {dictionary: batchtopk, k: 8, name: batchtopk}, {dictionary: jumprelu, name: jumprelu},"
+              " {dictionary: gated, name: gated}, {dictionary: skip_transcoder, k: 8, name: skip}]")
+UNIT_DECODERS = ("topk", "batchtopk", "skip")
+
+
 def _cli(run_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "tcx.cli.train", "experiment=smoke", f"hydra.run.dir={run_dir}",
-            f"cache_dir={cache_dir}", "trainer.max_tokens=262144", "trainer.checkpoint_every_n_steps=32",
-            "trainer.progress_bar=false", *extra]
+            f"cache_dir={cache_dir}", "trainer.max_tokens=131072", "trainer.checkpoint_every_n_steps=16",
+            "trainer.progress_bar=false", "trainer.eval_tokens=0", EVERY_KIND, *extra]
 
 
-def test_sigkill_then_resume_gives_identical_weights(tmp_path, cache_dir):
+def test_sigkill_then_resume_gives_identical_weights_for_every_kind(tmp_path, cache_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_cli(killed, cache_dir), env=env, stdout=subprocess.DEVNULL,
@@ -74,8 +101,11 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, cache_dir):
     assert proc.poll() is None, f"run ended before its first checkpoint: {proc.stderr.read()[-2000:]}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    step_at_kill = torch.load(ckpt, weights_only=False)["global_step"]
-    assert 0 < step_at_kill < 256 and not (killed / "dictionary.safetensors").exists()
+    saved = torch.load(ckpt, weights_only=False)
+    assert 0 < saved["global_step"] < 128 and not (killed / "relu" / "dictionary.safetensors").exists()
+    for name in UNIT_DECODERS:  # the checkpoint holds the renormalised rows the next step starts from
+        norms = saved["state_dict"][f"members.{name}.W_dec"].norm(dim=1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-6), name
 
     resumed = subprocess.run(_cli(killed, cache_dir), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -83,10 +113,11 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, cache_dir):
     straight = tmp_path / "straight"
     done = subprocess.run(_cli(straight, cache_dir), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    a, b = weights(killed), weights(straight)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert json.loads((killed / "metrics.json").read_text())["tokens"] == 262144
+    for member in ("relu", "sae", "jumprelu", "gated", *UNIT_DECODERS):
+        a, b = weights(killed / member), weights(straight / member)
+        for k in a:
+            assert torch.equal(a[k], b[k]), (member, k)
+        assert json.loads((killed / member / "metrics.json").read_text())["tokens"] == 131072
 
 
 def test_wandb_offline_gives_each_bank_member_its_own_run(make_cfg, tmp_path, monkeypatch):

@@ -66,6 +66,22 @@ def test_jumprelu_zeroes_below_threshold_and_trains_the_threshold(make_cfg):
     assert (d.log_threshold.grad <= 0).all() and (d.log_threshold.grad < 0).any()
 
 
+def test_jumprelu_thresholds_start_where_each_feature_fires_on_the_configured_share(make_cfg):
+    # activations far smaller than the fixed init_threshold (0.4): with θ fixed nothing would fire
+    d = kind(make_cfg, "jumprelu", "dictionary.init_firing_rate=0.1", d_in=16, d_out=16)
+    x = torch.randn(4000, 16, generator=GEN) * 0.01
+    assert (d.encode(x) != 0).float().mean() == 0  # the fixed θ: dead
+    d.init_from_data(x, x)
+    rate = (d.encode(x * d.input_scale) != 0).float().mean(0)  # [d_sae]
+    positive = (d.pre_activation(x * d.input_scale) > 0).float().mean(0)
+    expected = torch.minimum(positive, torch.tensor(0.1))
+    assert (rate - expected).abs().max() < 2e-3, (rate - expected).abs().max()
+    assert (rate > 0).all()
+    fixed = kind(make_cfg, "jumprelu", "dictionary.init_firing_rate=null")
+    fixed.init_from_data(x, x)
+    assert torch.allclose(fixed.threshold, torch.full((fixed.d_sae,), 0.4))
+
+
 def test_skip_transcoder_fits_a_linear_map_exactly_by_least_squares(make_cfg):
     d = kind(make_cfg, "skip_transcoder", d_in=12, d_out=8)
     with torch.no_grad():
@@ -206,3 +222,12 @@ def test_batchtopk_is_evaluated_with_its_threshold_on_rows(make_cfg, tmp_path):
     (hook_name, write), = splice_hooks([Placed(d, "h", "h")], slice(0, 10))
     spliced = write(acts, None)
     torch.testing.assert_close(spliced, d.reconstruct(acts.reshape(-1, 16)).reshape(4, 10, 16))
+
+
+def test_the_default_jumprelu_on_minilm_fires_nearly_every_feature(make_cfg, tmp_path):
+    # with θ fixed at 0.4 (~4σ of MiniLM's normalised pre-activations) 93% never fired in 300 steps
+    cfg = make_cfg("dictionary=jumprelu", "trainer.max_tokens=102400", "trainer.dead_window_tokens=102400",
+                   "trainer.eval_tokens=0", "logger=csv", smoke=False)
+    train(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["tokens"] == 102_400 and metrics["dead_fraction"] <= 0.10, metrics

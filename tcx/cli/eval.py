@@ -15,7 +15,7 @@ from tcx.config import register_configs
 
 register_configs()
 
-COLUMNS = ["l0", "fvu", "cos", "dead_fraction", "dense_fraction", "loss_clean", "loss_spliced",
+COLUMNS = ["l0", "fvu", "cos", "unfired_fraction", "dense_fraction", "loss_clean", "loss_spliced",
            "loss_zero_ablated", "loss_mean_ablated", "recovered_zero", "recovered_mean", "kl"]
 
 

@@ -26,6 +26,11 @@ class JumpReLUConfig(DictionaryConfig):
     bandwidth: float = 0.1
     """Width of the kernel that stands in for the step function's derivative."""
     init_threshold: float = 0.4
+    """θ before any data is seen, and for every feature when `init_firing_rate` is null."""
+    init_firing_rate: float | None = 0.1
+    """Start each θ_i at the quantile of feature i's pre-activations on the first training buffer
+    above which it fires on this share of rows. A feature that never fires gets no gradient, and a
+    fixed θ lands wherever the data's scale puts it (0.4 is ~4σ out on MiniLM: 93% never fired)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -33,6 +38,8 @@ class JumpReLUConfig(DictionaryConfig):
             raise ConfigError(f"l0_coeff must be non-negative, got {self.l0_coeff}.")
         if self.bandwidth <= 0 or self.init_threshold <= 0:
             raise ConfigError("bandwidth and init_threshold must be positive.")
+        if self.init_firing_rate is not None and not 0 < self.init_firing_rate < 1:
+            raise ConfigError(f"init_firing_rate must lie in (0, 1) or be null, got {self.init_firing_rate}.")
 
     def build(self, d_in: int, d_out: int, seed: int = 0) -> JumpReLUDictionary:
         return JumpReLUDictionary(self, d_in, d_out, seed)
@@ -85,6 +92,18 @@ class JumpReLUDictionary(Dictionary):
     @property
     def threshold(self) -> Float[Tensor, " d_sae"]:
         return self.log_threshold.exp()
+
+    @torch.no_grad()
+    def init_from_data(self, x: Float[Tensor, "rows d_in"], target: Float[Tensor, "rows d_out"]) -> None:
+        super().init_from_data(x, target)
+        if self.cfg.init_firing_rate is None:
+            return
+        pre = self.pre_activation(x[:8192] * self.input_scale)  # [rows, d_sae]: 8k rows suffice
+        k = max(1, min(len(pre), round((1 - self.cfg.init_firing_rate) * len(pre))))
+        q = pre.kthvalue(k, dim=0).values
+        # a feature positive on fewer rows than the rate fires wherever it is positive at all
+        floor = torch.tensor(self.cfg.bandwidth / 100, dtype=q.dtype)
+        self.log_threshold.copy_(q.maximum(floor).log().to(self.log_threshold.dtype))
 
     def activation(self) -> Activation:
         return Activation("jumprelu", threshold=self.threshold.detach().clone())

@@ -20,7 +20,12 @@ from tcx.evaluation.splice import ablation_hooks, splice_hooks, target_means
 from tcx.io import write_json
 from tcx.runs import Placed, open_runs
 
-TRAINING_KEYS = ("l0", "fvu", "mse", "dead_fraction")
+TRAINING_KEYS = ("l0", "fvu", "mse")
+"""Keys both a training window and a held-out evaluation measure: held-out takes the plain name.
+`dead_fraction` is not one: it stays the training window's (no firing in `dead_window_tokens`, as
+the peers report it); the held-out count is `unfired_fraction`, features that never fired in
+`eval_tokens` held-out tokens, which counts a live feature of frequency 1/eval_tokens as
+unfired 37% of the time."""
 
 
 @dataclass
@@ -50,7 +55,7 @@ class Stats:
         freq = self.fired.double() / self.rows
         return {"l0": self.active / self.rows, "fvu": self.sq_err / variance,
                 "mse": self.sq_err / self.rows, "cos": self.cos / self.rows,
-                "dead_fraction": (freq == 0).double().mean().item(),
+                "unfired_fraction": (freq == 0).double().mean().item(),
                 "dense_fraction": (freq > dense_threshold).double().mean().item(),
                 "eval_tokens": self.rows}
 

@@ -63,7 +63,11 @@ class DictionaryBank(L.LightningModule):
         for member in self.members.values():
             member.before_optimizer_step()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """The step, then each member's fix-up (TopK decoders back to unit rows) inside it: Lightning
+        runs callbacks' `on_train_batch_end` (ModelCheckpoint's too) before the module's, so a
+        fix-up there would miss the checkpoint."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         for member in self.members.values():
             member.after_optimizer_step()
 
