@@ -116,8 +116,8 @@ def test_corrupt_checkpoint_is_named_and_left_untouched(make_cfg, tmp_path):
 
 
 def test_resume_with_another_config_is_refused(make_cfg, tmp_path):
-    train(make_cfg("trainer.max_tokens=8192"), tmp_path)
-    with pytest.raises(ConfigError, match=r"different `dictionary\.l1_coeff` \(5\.0, now 0\.5\): resuming") as e:
+    train(make_cfg("trainer.max_tokens=8192", "dictionary.l1_coeff=2.0"), tmp_path)
+    with pytest.raises(ConfigError, match=r"different `dictionary\.l1_coeff` \(2\.0, now 0\.5\): resuming") as e:
         train(make_cfg("trainer.max_tokens=8192", "dictionary.l1_coeff=0.5"), tmp_path)
     assert "_target_" not in str(e.value), "only the keys that differ are named"
 

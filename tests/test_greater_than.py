@@ -1,4 +1,5 @@
-"""scripts/greater_than.py: the task's metric by hand, and its feature ablation against the model."""
+"""scripts/greater_than.py and scripts/year_probe.py: metrics by hand, ablation against the model,
+the probe's balance and fit."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ import torch
 
 from tests.test_evaluation import copy_mlp, place
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "greater_than.py"
-_spec = importlib.util.spec_from_file_location("greater_than", SCRIPT)
-gt = importlib.util.module_from_spec(_spec)
-sys.modules["greater_than"] = gt  # dataclasses look their module up
-_spec.loader.exec_module(gt)
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+gt, probe = script("greater_than"), script("year_probe")
 
 
 def test_metric_on_hand_made_probabilities():
@@ -43,3 +49,20 @@ def test_ablating_every_feature_of_a_copied_mlp_leaves_only_its_bias(make_cfg, t
     probs = gt.run(lm, task, [(f"blocks.{cfg.layer}.hook_mlp_out", lambda act, hook: bias.expand_as(act).clone())])
     assert out["ablated"] == pytest.approx(gt.metrics(probs, task), abs=1e-5)
     assert out["ablated"] != pytest.approx(out["clean"], abs=1e-3)
+
+
+def test_year_pairs_give_a_probe_of_the_second_year_alone_nothing():
+    pairs = probe.build_pairs(list(range(1700, 1760)), seed=0)
+    assert probe.balanced(pairs) and len(pairs) == 2 * 58
+    assert all((a < b) == bool(label) for a, b, label in pairs)
+    assert not probe.balanced(pairs[1:])
+
+
+def test_the_probe_fit_recovers_a_separating_direction_in_raw_units():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 8, generator=g, dtype=torch.float64) * torch.arange(1, 9) + 3.0  # scaled, offset
+    u = torch.randn(8, generator=g, dtype=torch.float64)
+    y = ((x - 3.0) @ u > 0).double()
+    direction, bias = probe.fit(x[:400], y[:400])
+    assert probe.accuracy(x[400:], y[400:], direction, bias) > 0.95
+    assert probe.accuracy(x[400:], y[400:], -direction, -bias) < 0.05

@@ -3,6 +3,9 @@ random configs of the same architectures saved locally and loaded through `model
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -53,3 +56,37 @@ def test_hub_model_config_trains_and_evaluates_through_its_real_loader(make_cfg,
     assert final["fidelity_metric"] == "next_token_ce" and final["l0"] > 1
     r = evaluate([tmp_path / "run"], max_tokens=1024, plots=False)["dictionaries"][str(tmp_path / "run")]
     assert r["loss_zero_ablated"] != r["loss_clean"]
+
+
+PAPER_PROMPT = "The war lasted from the year 1732 to the year 17"
+
+
+def test_the_papers_gpt2_recipe_up_to_the_weights(make_cfg, tmp_path):
+    """sweeps/gpt2-all-layers.yaml as a user with a network runs it, and the README's greater-than
+    command after it, on a tiny GPT-2 config: the real loader, every layer, the paper's search."""
+    from tcx.sweeps.spec import SweepSpec
+    from tests.test_circuit_cli import circuit
+
+    spec = SweepSpec.load(Path(__file__).resolve().parents[1] / "sweeps" / "gpt2-all-layers.yaml")
+    assert [p["layer"] for p in spec.points()] == list(range(12))
+    paper = make_cfg(*spec.overrides, "layer=11", smoke=False)
+    assert (paper.model.path, paper.data.path, paper.dictionary.d_sae, paper.lr) == (
+        "gpt2", "Skylion007/openwebtext", 24576, 4e-4)
+    assert paper.trainer.max_tokens == 60_000_000 and paper.dictionary.target_site == "mlp_out"
+
+    gpt2(tmp_path / "weights")
+    corpus = tmp_path / "owt.txt"
+    years = (f"The war lasted from the year 17{i % 100:02d} to the year 17{(i + 5) % 100:02d}." for i in range(400))
+    corpus.write_text("\n\n".join(years))
+    offline = [o for o in spec.overrides if not o.startswith("data")] + [
+        f"model.path={tmp_path / 'weights'}", "model.d_model=64", "data=text-files", f"data.paths=[{corpus}]",
+        "dictionary.d_sae=256", "dictionary.l1_coeff=0.1", "trainer.max_tokens=4096", "trainer.batch_size=1024",
+        "trainer.eval_tokens=512", "logger=csv"]
+    for layer in (0, 1):  # every layer of the tiny model, as the sweep's 12 jobs do for GPT-2
+        train(make_cfg(*offline, f"layer={layer}", smoke=False), tmp_path / "sweep" / str(layer))
+    out = tmp_path / "circuit"
+    done = circuit(f"transcoders={tmp_path / 'sweep'}", f"prompt={PAPER_PROMPT}", "search.num_iters=3",
+                   "search.num_branches=15", f"hydra.run.dir={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["transcoder_layers"] == [0, 1] and summary["replay_error"] < 1e-4
