@@ -23,18 +23,16 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import Tensor
 
-from tcx.cli.common import CONF_DIR
+from tcx.config import build_node
+from tcx.runs.open import model_config_named
 
 NOUNS = ["war", "expedition", "drought", "siege", "reign", "construction", "journey", "famine",
-         "strike", "trial", "voyage", "war", "dynasty", "plague", "rebellion", "occupation"]
+         "strike", "trial", "voyage", "dynasty", "plague", "rebellion", "occupation"]
 TEMPLATE = "The {noun} lasted from the year 17{yy:02d} to the year 17"
 
 
@@ -86,7 +84,8 @@ def metrics(probs: Tensor, task: Task) -> dict[str, float]:
 
 
 def load(model: str) -> Any:
-    return instantiate(OmegaConf.load(Path(CONF_DIR, "model", f"{model}.yaml"))).load()
+    """A conf/model option by name (an unknown one is named with the options there)."""
+    return build_node(model_config_named(model), "model").load()
 
 
 @torch.inference_mode()
@@ -105,11 +104,11 @@ def behaviour(lm: Any, task: Task) -> dict[str, Any]:
 
 def layer_scan(lm: Any, task: Task) -> list[dict[str, float]]:
     """Mean-ablate each MLP's output (position-wise mean over the prompts): the metric after."""
+    hooks = [lm.spec.hook("mlp_out", layer) for layer in range(lm.spec.n_layers)]
+    means = {h: act.mean(0, keepdim=True) for h, act in lm.run_to(task.tokens, hooks).items()}  # one pass
     rows = []
-    for layer in range(lm.spec.n_layers):
-        hook = lm.spec.hook("mlp_out", layer)
-        mean = lm.run_to(task.tokens, [hook])[hook].mean(0, keepdim=True)
-        probs = run(lm, task, [(hook, lambda act, hook, m=mean: m.expand_as(act).clone())])
+    for layer, hook in enumerate(hooks):
+        probs = run(lm, task, [(hook, lambda act, hook, m=means[hook]: m.expand_as(act).clone())])
         rows.append({"layer": layer, **metrics(probs, task)})
         print(f"MLP {layer:2d} mean-ablated: prob_diff {rows[-1]['prob_diff']:.3f}", file=sys.stderr, flush=True)
     return rows

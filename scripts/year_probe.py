@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import Tensor
 
-from tcx.cli.common import CONF_DIR
+from tcx.config import build_node
+from tcx.runs.open import model_config_named
 
 TEMPLATE = "The war lasted from {a} to {b}"
 
@@ -76,7 +75,7 @@ def accuracy(x: Tensor, y: Tensor, direction: Tensor, bias: Tensor) -> float:
 def main(argv: list[str]) -> None:
     opts = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
     model = opts.get("model", "minilm")
-    lm = instantiate(OmegaConf.load(Path(CONF_DIR, "model", f"{model}.yaml"))).load()
+    lm = build_node(model_config_named(model), "model").load()
     hook = opts.get("hook", f"blocks.{lm.spec.n_layers - 1}.hook_out")
     seed = int(opts.get("seed", 0))
     years = single_token_years(lm)
