@@ -137,6 +137,10 @@ def register_configs() -> None:
     from tcx.circuits.config import CircuitConfig
 
     cs.store(name="circuit_schema", node=CircuitConfig)
+    from tcx.features.config import FeaturesConfig, StudyConfig
+
+    cs.store(name="features_schema", node=FeaturesConfig)
+    cs.store(name="study_schema", node=StudyConfig)
 
 
 def build_node(node: DictConfig | dict, key: str, **extra: Any) -> Any:

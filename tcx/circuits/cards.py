@@ -19,6 +19,7 @@ from torch import Tensor
 from tcx.circuits.nodes import Node
 from tcx.circuits.replacement import ReplacementModel
 from tcx.circuits.replay import Frozen, Leaves, Replay, norm_names
+from tcx.runs.feature_notes import FeatureNotes
 
 
 class Cards:
@@ -30,6 +31,7 @@ class Cards:
         self.leaves = Leaves(torch.zeros(1, d, dtype=rm.dtype), torch.zeros(w.n_layers, 1, d, dtype=rm.dtype),
                              torch.zeros(w.n_layers, 1, d, dtype=rm.dtype), torch.zeros(w.n_layers + 2, dtype=rm.dtype))
         self.W_V = w.W_V.repeat_interleave(w.n_heads // w.W_V.shape[1], dim=1)  # [layer head d d_head]
+        self.notes = {layer: FeatureNotes(c.source.source) for layer, c in rm.codes.items()}
 
     def _token(self, i: int) -> str:
         return self.rm.token_text(i)
@@ -68,8 +70,9 @@ class Cards:
             x = written[rm.codes[layer].source.input_hook][0]
             downstream += self._strongest(x @ rm.codes[layer].W_enc, lambda i, layer=layer: f"L{layer}/{i}")
         z = float(c.z[node.pos, node.index]) if node.pos is not None else 0.0
-        lines = [f"activation {z:.4g} at position {node.pos}", *heads]
-        return {"title": f"L{node.layer} feature {node.index}", "lines": lines,
+        notes = self.notes[node.layer].of(node.index)  # what tcx-features read, when it has
+        lines = [f"activation {z:.4g} at position {node.pos}", *notes.get("lines", []), *heads]
+        return {"title": f"L{node.layer} feature {node.index}", "lines": lines, "examples": notes.get("examples", []),
                 "de_embedding": {"top": top, "bottom": bottom},
                 "upstream": sorted(upstream, key=lambda e: -abs(e[1]))[: self.top],
                 "downstream": sorted(downstream, key=lambda e: -abs(e[1]))[: self.top]}

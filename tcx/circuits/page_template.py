@@ -15,6 +15,7 @@ main { display: flex; gap: 12px; align-items: flex-start; }
         border: 1px solid #ddd; padding: 6px 10px; }
 #card h3 { margin: .2em 0; font-size: 15px; } #card h4 { margin: .6em 0 .2em; font-size: 13px; }
 #card ul { margin: 0; padding-left: 1.2em; } .meta { color: #666; }
+#card .ctx { font-family: monospace; white-space: pre-wrap; margin: .2em 0; }
 .tok { white-space: pre; background: #eef; border-radius: 3px; padding: 0 3px; font-family: monospace; }
 .grid { stroke: #eee; } .axis { font-size: 11px; fill: #444; } .tok.axis { font-family: monospace; }
 .link { stroke-opacity: .3; }
@@ -69,6 +70,10 @@ function show(el) {
   if (n.clerp && (!c || c.title !== n.clerp)) add(card, 'p', n.clerp);
   if (!c) return;
   for (const line of c.lines || []) add(card, 'p', line);
+  if (c.examples && c.examples.length) {
+    add(card, 'h4', 'top activations (tcx-features)');
+    for (const ex of c.examples) add(card, 'p', ex, 'ctx');
+  }
   const de = c.de_embedding || {};
   list('de-embedding: promotes', de.top, true);
   list('de-embedding: suppresses', de.bottom, true);

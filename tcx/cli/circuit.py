@@ -14,27 +14,12 @@ from __future__ import annotations
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from tcx.circuits.config import CircuitConfig
-from tcx.cli.common import CONF_DIR, report_errors
+from tcx.cli.common import CONF_DIR, report_errors, validated
 from tcx.config import register_configs
-from tcx.errors import ConfigError
 
 register_configs()
-
-
-def validated(cfg: DictConfig) -> CircuitConfig:
-    """The config as dataclasses; a value `__post_init__` refuses is named with its key."""
-    for key in ("target", "prune", "search"):
-        try:
-            OmegaConf.to_object(cfg[key])
-        except ValueError as e:
-            raise ConfigError(f"{key}.{e}") from None
-    try:
-        return OmegaConf.to_object(cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="circuit")
@@ -42,7 +27,7 @@ def validated(cfg: DictConfig) -> CircuitConfig:
 def main(cfg: DictConfig) -> None:
     from tcx.circuits.run import run_circuit
 
-    out = run_circuit(validated(cfg), HydraConfig.get().runtime.output_dir)
+    out = run_circuit(validated(cfg, ("target", "prune", "search")), HydraConfig.get().runtime.output_dir)
     s = out["summary"]
     print(f"\n{s['model']}: {s['tokens']} tokens, transcoders at layers {s['transcoder_layers']}")
     print(f"target {s['target']} = {s['target_value']:.4f}   replay error {s['replay_error']:.1e}   "

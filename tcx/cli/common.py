@@ -8,9 +8,25 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tcx.errors import TcxError
+from omegaconf import DictConfig, OmegaConf
+
+from tcx.errors import ConfigError, TcxError
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def validated(cfg: DictConfig, nested: tuple[str, ...] = ()):
+    """The config as its dataclasses; a value a `__post_init__` refuses is named with its key
+    (`nested`: the sub-configs to check first, so their messages carry their key)."""
+    for key in nested:
+        try:
+            OmegaConf.to_object(cfg[key])
+        except ValueError as e:
+            raise ConfigError(f"{key}.{e}") from None
+    try:
+        return OmegaConf.to_object(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def report_errors(fn: Callable) -> Callable:

@@ -15,7 +15,17 @@ from tcx.cli.common import report_errors
 from tcx.compare.gather import gather
 from tcx.compare.page import page
 from tcx.compare.plots import curves, frontier
-from tcx.compare.table import SHOWN, as_text, check_metric, keep, metric_names, rank, varied, write_csv
+from tcx.compare.table import (
+    INTERPRETABILITY,
+    SHOWN,
+    as_text,
+    check_metric,
+    keep,
+    metric_names,
+    rank,
+    varied,
+    write_csv,
+)
 
 
 @report_errors
@@ -45,7 +55,8 @@ def run(argv: list[str]) -> int:
     rows = rank(keep(runs.rows, args.filter), by)
     out = Path(args.out or (args.paths[0] if Path(args.paths[0]).is_dir() else "."))
     labels = varied(rows)
-    columns = ["run", *SHOWN, *[k for k in labels if k not in SHOWN]]
+    scored = [k for k in INTERPRETABILITY if any(k in r for r in rows)]  # after tcx-features
+    columns = ["run", *SHOWN, *scored, *[k for k in labels if k not in SHOWN]]
     print(as_text([{**r, "run": Path(r["run"]).name} for r in rows], columns))
     for directory, why in runs.skipped.items():
         print(f"left out {directory}: {why}")

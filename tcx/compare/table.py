@@ -14,6 +14,9 @@ from tcx.io import write_text
 LOWER_IS_BETTER = {"l0", "fvu", "mse", "dead_fraction", "dense_fraction", "kl", "loss_spliced", "loss"}
 OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
        ">": operator.gt}
+INTERPRETABILITY = ["detection", "fuzzing", "context_free"]
+"""Mean automatic scores `tcx-features` adds to a run's metrics.json (higher: more interpretable;
+context_free: the share of activation variance the token alone explains)."""
 SHOWN = ["kind", "model", "layer", "l0", "fvu", "recovered_mean", "recovered_zero", "dead_fraction", "tokens"]
 
 

@@ -33,6 +33,23 @@ class LanguageModel:
         """Token ids of `text` with no special tokens."""
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def display(self, ids: Sequence[int]) -> dict[int, str]:
+        """Each token as it reads in running text, for pages that lay tokens side by side: byte-level
+        BPE tokens carry their own space; a WordPiece token gets one unless it continues a word (##)."""
+        decode = getattr(self.tokenizer, "decode", None)
+        if decode is None:
+            return {int(i): str(int(i)) for i in ids}
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        wordpiece = backend is not None and type(backend.model).__name__ == "WordPiece"
+        out = {}
+        for i in map(int, ids):
+            text = decode([i])
+            if wordpiece:
+                piece = self.tokenizer.convert_ids_to_tokens(i)
+                text = piece[2:] if piece.startswith("##") else " " + text
+            out[i] = text
+        return out
+
     def special_ids(self, attr: str | None) -> list[int]:
         if attr is None:
             return []

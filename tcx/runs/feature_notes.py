@@ -1,0 +1,49 @@
+"""What `tcx-features` wrote about a dictionary's features (features.json beside its weights), read
+back for other tools: a circuit's feature cards show each feature's top contexts and explanation."""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class FeatureNotes:
+    def __init__(self, source: Path, examples: int = 5):
+        self.path, self.examples = Path(source) / "features.json", examples
+
+    @cached_property
+    def _doc(self) -> dict[str, Any] | None:
+        if not self.path.is_file():
+            return None
+        try:
+            doc = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("ignoring %s: %s (rerun tcx-features to rewrite it)", self.path, e)
+            return None
+        doc["by_index"] = {f["index"]: f for f in doc["features"]}
+        return doc
+
+    def _text(self, context: dict[str, Any]) -> str:
+        vocab = self._doc["vocab"]
+        words = [vocab.get(str(t), "?") for t in context["tokens"]]
+        words[context["peak"]] = f"⟦{words[context['peak']]}⟧"
+        return "".join(words)
+
+    def of(self, index: int) -> dict[str, Any]:
+        """Card fields for one feature: lines (frequency, explanation, scores) and top contexts
+        with the peak token bracketed; empty when tcx-features has not read this dictionary."""
+        feature = self._doc["by_index"].get(index) if self._doc else None
+        if feature is None:
+            return {}
+        if feature["dead"]:
+            return {"lines": ["dead in the text tcx-features read"]}
+        words = ", ".join(repr(self._doc["vocab"].get(str(t), "?")) for t in feature["explanation"])
+        scores = " · ".join(f"{k} {feature[k]:.2f}" for k in ("detection", "fuzzing", "context_free")
+                            if feature.get(k) is not None)
+        return {"lines": [f"fires on {feature['frequency']:.2e} of tokens · explanation {words}", scores],
+                "examples": [self._text(c) for c in feature["top"][: self.examples]]}
