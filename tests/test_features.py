@@ -6,6 +6,7 @@ first; the whole command on the tiny model, with its bad inputs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ def codes(seed: int, windows: int = 40, n_pos: int = 24, d_sae: int = 6, vocab: 
     z = torch.rand(windows, n_pos, d_sae, generator=g).pow(3) * torch.logspace(0, 3, d_sae)
     z = torch.where(torch.rand(z.shape, generator=g) < 0.15, z, 0.0)
     z[..., 0] = 0.0  # a dead feature
+    z[:20, :, 2] = 0.0  # one that first fires in the third batch
     z[5, 7, 1] = z[9, 2, 1] = z.max() + 1  # a tie at the top
     return tokens, z
 
@@ -178,8 +180,10 @@ def test_bad_feature_requests(run, tmp_path):
     weights["W_enc"][:, 5] = 0.0
     weights["b_enc"][5] = -1.0
     save_file(weights, killed / "dictionary.safetensors")
+    metrics = (killed / "metrics.json").read_text()
     read_features([killed], settings, [5, 6])
-    dead, other = json.loads((killed / "features.json").read_text())["features"]
+    dead, other = json.loads((killed / "features_selected.json").read_text())["features"]
+    assert (killed / "metrics.json").read_text() == metrics  # a selection's scores are not the run's
     assert dead == {"index": 5, "dead": True, "frequency": 0.0}  # said to be dead, nothing invented
     assert other["index"] == 6
 
@@ -300,7 +304,8 @@ def test_circuit_cards_show_what_tcx_features_read(run, tmp_path):
                            "prune.node_threshold=1.0", "prune.edge_threshold=1.0", f"hydra.run.dir={tmp_path / 'c'}"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    cards = json.loads((tmp_path / "c" / "graph.json").read_text())["tcx"]["cards"]
+    graph = json.loads((tmp_path / "c" / "graph.json").read_text())
+    cards = graph["tcx"]["cards"]
     assert cards
     by_index = {f["index"]: f for f in doc["features"]}
     for node_id, card in cards.items():
@@ -312,3 +317,18 @@ def test_circuit_cards_show_what_tcx_features_read(run, tmp_path):
         top = feature["top"][0]
         peak = doc["vocab"][str(top["tokens"][top["peak"]])]
         assert f"⟦{peak}⟧" in card["examples"][0]
+    # circuit-tracer's frontend files, where it looks for them, read by circuit-tracer's own model
+    scan = graph["metadata"]["scan"]
+    live = [n for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"
+            and not by_index[int(n["node_id"].split("_")[1])]["dead"]]
+    files = {int(p.stem): p for p in (tmp_path / "c" / "features" / scan).glob("*.json")}
+    assert live and set(files) == {n["feature"] for n in live}
+    some = json.loads(files[live[0]["feature"]].read_text())
+    assert some["index"] == int(live[0]["node_id"].split("_")[1])
+    assert some["examples_quantiles"][0]["examples"][0]["train_token_ind"] == by_index[some["index"]]["top"][0]["peak"]
+    if os.environ.get("TCX_CIRCUIT_TRACER_PYTHON"):
+        check = ("import sys, pathlib; from circuit_tracer.frontend.feature_models import Model; "
+                 "[Model.model_validate_json(p.read_text()) for p in pathlib.Path(sys.argv[1]).glob('*.json')]")
+        done = subprocess.run([os.environ["TCX_CIRCUIT_TRACER_PYTHON"], "-c", check,
+                               str(tmp_path / "c" / "features" / scan)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]

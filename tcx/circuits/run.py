@@ -20,7 +20,7 @@ from tcx.circuits.prune import prune_graph, scores
 from tcx.circuits.replacement import ReplacementModel
 from tcx.circuits.sources import Sources
 from tcx.circuits.targets import Target, direction_target, feature_target, logit_target
-from tcx.circuits.write import graph_document, path_document, write_tensors
+from tcx.circuits.write import graph_document, path_document, write_feature_files, write_tensors
 from tcx.errors import ConfigError
 from tcx.io import write_json, write_text
 from tcx.runs import open_runs
@@ -75,6 +75,7 @@ def run_circuit(cfg: CircuitConfig, out_dir: str | Path) -> dict[str, Any]:
     activation = {Node("feature", lyr, p, i): z for lyr, p, i, z in sources.active()}
     path_doc = path_document(paths, rm.n_layers, graph.tokens, meta, tcx, activation)
     write_json(out_dir / "graph.json", doc)
+    write_feature_files(doc, cards.notes, out_dir)
     write_json(out_dir / "paths.json", path_doc)
     write_tensors(graph, out_dir / "graph.safetensors")
     write_text(out_dir / "paths.txt", format_paths(paths, graph.tokens))

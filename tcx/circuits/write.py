@@ -18,11 +18,16 @@ from tcx.io import atomic_path
 SCHEMA_QPARAMS = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
 
 
+def cantor(layer: int, index: int) -> int:
+    """circuit-tracer's feature number for (layer, index): its frontend loads features/<scan>/<number>.json."""
+    return (layer + index) * (layer + index + 1) // 2 + index
+
+
 def _node_json(node: Node, n_layers: int, tokens: list[str], node_id: str, activation: float | None,
                influence: float | None, token_prob: float = 0.0) -> dict[str, Any]:
     return {
         "node_id": node_id, "jsNodeId": node_id,
-        "feature": node.index if node.index is not None else -1,
+        "feature": cantor(node.layer, node.index) if node.kind == "feature" else -1,
         "layer": node.layer_label(n_layers), "ctx_idx": int(node.pos or 0), "feature_type": FEATURE_TYPE[node.kind],
         "token_prob": token_prob, "is_target_logit": node.kind in ("logit", "target"), "run_idx": 0,
         "reverse_ctx_idx": 0, "clerp": node.describe(tokens),
@@ -66,6 +71,23 @@ def path_document(paths: PathGraph, n_layers: int, tokens: list[str], meta: dict
     listed = [{"value": p.value, "nodes": [ident(tuple(p.nodes[: k + 1])) for k in range(len(p.nodes))
                                            if tuple(p.nodes[: k + 1]) in number]} for p in paths.paths]
     return _document(meta, tokens, nodes, links, {**tcx, "paths": listed})
+
+
+def write_feature_files(doc: dict[str, Any], notes: dict[int, Any], out_dir: Path) -> list[Path]:
+    """circuit-tracer's per-feature files for the graph's feature nodes that tcx-features has read:
+    `features/<scan>/<number>.json`, where its frontend (served from `out_dir`) looks for them."""
+    written = []
+    for node in doc["nodes"]:
+        if node["feature_type"] != FEATURE_TYPE["feature"]:
+            continue
+        layer, index = int(node["layer"]), int(node["node_id"].split("_")[1])
+        card = notes[layer].circuit_tracer(index, str(notes[layer].path.parent)) if layer in notes else None
+        if card is not None:
+            path = out_dir / "features" / doc["metadata"]["scan"] / f"{node['feature']}.json"
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(card))
+            written.append(path)
+    return written
 
 
 def write_tensors(graph: AttributionGraph, path: Path) -> None:

@@ -58,7 +58,7 @@ class StudyConfig:
     """Live features sampled from each."""
     seed: int = 0
     contexts: int = 12
-    """Contexts shown per feature: top-activating first, then band samples from the bottom band up."""
+    """Contexts shown per feature: top-activating first, then band samples from the highest band down."""
     min_log_frequency: float = -4.0
     """Live: log10 firing frequency above this (the paper's cut) ..."""
     min_activating: int = 4

@@ -48,6 +48,8 @@ class GroupTop:
         """Merge candidates into the store. The held entries compete again; `regroup(payload)`, when
         given, first assigns them new groups from their old group and payload (the bands do this when
         a feature's range doubles)."""
+        if len(group) == 0 and regroup is None:
+            return
         held_group, held = self.entries()
         if regroup is not None:
             held_group = regroup(held_group, held)

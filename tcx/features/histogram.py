@@ -33,7 +33,7 @@ class Histogram:
         # the last bin (it would belong to the middle one once the scale doubles)
         fresh = (self.scale == 0) & (batch_max > 0)
         self.scale[fresh] = torch.nextafter(batch_max[fresh], torch.tensor(torch.inf, dtype=torch.float64))
-        grow = batch_max >= self.scale
+        grow = (self.scale > 0) & (batch_max >= self.scale)
         if grow.any():
             shift = torch.floor(torch.log2(batch_max[grow] / self.scale[grow])).long() + 1
             shift += (self.scale[grow] * torch.pow(2.0, shift.double()) <= batch_max[grow]).long()

@@ -103,7 +103,7 @@ def write_page(doc: dict[str, Any], data: str, path: Path) -> None:
     s = doc["summary"]
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     title = f"{doc['dictionary']}: {doc['model']} layer {doc['layer']} ({doc['input_hook']} → {doc['target_hook']})"
-    data = data.replace("</", "<\\/")
+    data = data.replace("<", "\\u003c")  # nothing in the JSON can close or open a tag
     write_text(path, f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <div id="side"><div class="controls"><b>{html.escape(doc['dictionary'])}</b><br>

@@ -15,8 +15,6 @@ from tcx.features.proxy import score_feature
 from tcx.features.weights import TokenMaps
 from tcx.runs.record import OpenedDictionary
 
-Settings = FeaturesConfig
-
 
 def _num(v: float) -> float | None:
     return None if math.isnan(v) else float(f"{v:.4g}")
@@ -25,15 +23,13 @@ def _num(v: float) -> float | None:
 class _Writer:
     """Turns stored entries into JSON contexts, remembering every token id it used."""
 
-    def __init__(self, c: int):
+    def __init__(self, c: int, stores: list):
         self.c = c
         self.used: set[int] = set()
-        self.filled: dict[int, Tensor] = {}
+        self.held = {id(s): s.filled for s in stores}  # once: `filled` scans the whole store
 
     def examples(self, tokens: Tensor, store, group: int) -> list[dict[str, Any]]:
-        if id(store) not in self.filled:
-            self.filled[id(store)] = store.filled
-        held = self.filled[id(store)][group]
+        held = self.held[id(store)][group]
         loc, acts = store.payload["loc"][group][held], store.payload["acts"][group][held]
         ids = contexts(tokens, loc, self.c)
         out = []
@@ -50,7 +46,7 @@ class _Writer:
 
 
 def report(d: OpenedDictionary, r: Reader, s: Scorer, maps: TokenMaps, lm, read: Tensor, test: Tensor,
-           settings: Settings, features: list[int] | None) -> dict[str, Any]:
+           settings: FeaturesConfig, features: list[int] | None) -> dict[str, Any]:
     wanted = torch.tensor(features) if features else torch.arange(r.d_sae)
     live = wanted[r.fired[wanted] > 0]
     de_emb = maps.de_embedding(d, live) if d.is_transcoder else None
@@ -59,7 +55,7 @@ def report(d: OpenedDictionary, r: Reader, s: Scorer, maps: TokenMaps, lm, read:
     context_free = s.context_free()
     negatives = s.negative_contexts(test)
     gen = torch.Generator().manual_seed(settings.seed)
-    w = _Writer(r.c)
+    w = _Writer(r.c, [r.top, r.bands])
     records, scores = [], {"detection": [], "fuzzing": [], "context_free": []}
     for f in wanted.tolist():
         freq = float(r.fired[f]) / max(r.rows, 1)

@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 from tcx.errors import ConfigError
 from tcx.evaluation.run import merge_eval, read_json
 from tcx.features.collect import Batch, Reader, Scorer
+from tcx.features.config import FeaturesConfig
 from tcx.features.page import write_page
-from tcx.features.report import Settings, report
+from tcx.features.report import report
 from tcx.features.weights import TokenMaps
 from tcx.io import write_json, write_text
 from tcx.runs import open_runs
@@ -44,10 +45,11 @@ def _pass(lm, opened, windows, valid, batch_windows: int, make, desc: str) -> li
     return collectors
 
 
-def read_features(paths: list[str | Path], settings: Settings, features: list[int] | None = None,
+def read_features(paths: list[str | Path], settings: FeaturesConfig, features: list[int] | None = None,
                   out_dir: str | Path | None = None, model: str | None = None) -> dict:
     """features.json and features.html for each dictionary under `paths`; a tcx run's metrics.json
-    gets the summary scores. `features`: the indices to write (all by default)."""
+    gets the summary scores. `features`: the indices to write (all by default), written to
+    features_selected.* instead, and their scores kept out of metrics.json (they are not the run's)."""
     opened = open_runs(paths, model=model)
     dicts = opened.dictionaries
     for d in dicts:
@@ -76,11 +78,12 @@ def read_features(paths: list[str | Path], settings: Settings, features: list[in
         doc = report(d, r, s, maps, lm, read[:, valid], test[:, valid], settings, features)
         doc["throughput"] = {k: results[k] for k in ("tokens", "seconds", "tokens_per_second")}
         if d.format == "tcx":
-            where, suffix = d.source, ""
-            write_json(where / "metrics.json", merge_eval(read_json(where / "metrics.json"),
-                                                          {k: doc["summary"][k] for k in SCORE_KEYS}))
+            where, suffix = d.source, "_selected" if features else ""
+            if not features:
+                write_json(where / "metrics.json", merge_eval(read_json(where / "metrics.json"),
+                                                              {k: doc["summary"][k] for k in SCORE_KEYS}))
         else:
-            where, suffix = Path(out_dir) if out_dir else d.source.parent, f"_{d.name}"
+            where, suffix = Path(out_dir) if out_dir else d.source.parent, f"_{d.name}{'_selected' if features else ''}"
         text = json.dumps(doc, separators=(",", ":"))  # compact: tens of MB at 24k features
         write_text(where / f"features{suffix}.json", text)
         write_page(doc, text, where / f"features{suffix}.html")

@@ -47,11 +47,14 @@ def eligible(doc: dict[str, Any], cfg: StudyConfig) -> list[dict[str, Any]]:
 def _shown(feature: dict[str, Any], doc: dict[str, Any], n: int) -> list[list[list]]:
     """Up to n contexts, top activations then band samples from the highest band down, as
     [token text, level 0-4] pairs: the level is all the sheet says about an activation."""
-    chosen = feature["top"][: (n + 1) // 2]
-    for band in reversed(feature["bands"]):
-        chosen += band["examples"][: max(0, n - len(chosen))]
+    chosen, seen = [], set()
+    for c in feature["top"][: (n + 1) // 2] + [c for band in reversed(feature["bands"]) for c in band["examples"]]:
+        key = (tuple(c["tokens"]), c["peak"])  # the top band's samples are often top contexts too
+        if key not in seen and len(chosen) < n:
+            seen.add(key)
+            chosen.append(c)
     out = []
-    for c in chosen[:n]:
+    for c in chosen:
         levels = [0 if not a else min(LEVELS - 1, math.ceil(a / feature["max"] * (LEVELS - 1))) for a in c["acts"]]
         out.append([[doc["vocab"].get(str(t), "?"), level] for t, level in zip(c["tokens"], levels, strict=True)])
     return out
@@ -89,7 +92,7 @@ def make_study(cfg: StudyConfig, out: Path) -> dict[str, Any]:
 
 
 def _sheet_html(study: str, key_file: str, rows: list[dict[str, Any]]) -> str:
-    data = json.dumps({"study": study, "key_file": key_file, "rows": rows}).replace("</", "<\\/")
+    data = json.dumps({"study": study, "key_file": key_file, "rows": rows}).replace("<", "\\u003c")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tcx blind study {study}</title><style>
 body{{font:14px system-ui,sans-serif;max-width:1100px;margin:20px auto}} .row{{border-top:1px solid #ccc;padding:8px 0}}
 .ctx{{font-family:monospace;white-space:pre-wrap;line-height:1.6}} .l1{{background:#ffe0c0}} .l2{{background:#ffc080}}

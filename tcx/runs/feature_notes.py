@@ -1,5 +1,6 @@
 """What `tcx-features` wrote about a dictionary's features (features.json beside its weights), read
-back for other tools: a circuit's feature cards show each feature's top contexts and explanation."""
+back for other tools: a circuit's feature cards show each feature's top contexts and explanation,
+and circuit-tracer's frontend gets its own feature files (`circuit_tracer`)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,31 @@ class FeatureNotes:
         words = [vocab.get(str(t), "?") for t in context["tokens"]]
         words[context["peak"]] = f"⟦{words[context['peak']]}⟧"
         return "".join(words)
+
+    def circuit_tracer(self, index: int, transcoder_id: str) -> dict[str, Any] | None:
+        """The feature in circuit-tracer's frontend schema (`circuit_tracer.frontend.feature_models.Model`):
+        top activations, then each activation band as a quantile; None when there is nothing read."""
+        feature = self._doc["by_index"].get(index) if self._doc else None
+        if feature is None or feature["dead"]:
+            return None
+        vocab = self._doc["vocab"]
+
+        def examples(contexts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{"tokens": [vocab.get(str(t), "?") for t in c["tokens"]], "train_token_ind": c["peak"],
+                     "tokens_acts_list": [a or 0.0 for a in c["acts"]], "is_repeated_datapoint": False}
+                    for c in contexts]
+
+        bands = [{"quantile_name": f"band {b['lo']:.3g}-{b['hi']:.3g} ({100 * b['share']:.1f}%)",
+                  "examples": examples(b["examples"])} for b in reversed(feature["bands"])]
+        logits = feature.get("logits") or {"top": [], "bottom": []}
+        return {"transcoder_id": transcoder_id, "index": index, "act_min": 0.0, "act_max": feature["max"],
+                "examples_quantiles": [{"quantile_name": "top activations", "examples": examples(feature["top"])},
+                                       *bands],
+                "top_logits": [vocab.get(str(t), "?") for t, _ in logits["top"]],
+                "bottom_logits": [vocab.get(str(t), "?") for t, _ in logits["bottom"]],
+                "quantile_values": [b["hi"] for b in feature["bands"]],
+                "histogram": [float(c) for c in feature["histogram"]["counts"]],
+                "activation_frequency": feature["frequency"]}
 
     def of(self, index: int) -> dict[str, Any]:
         """Card fields for one feature: lines (frequency, explanation, scores) and top contexts
