@@ -14,6 +14,7 @@ Two kinds of config live in `conf/`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
@@ -22,6 +23,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tcx.errors import ConfigError
+
+_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"   # a wheel carries conf/ inside the package
+CONF_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parents[1] / "conf")
+"""The Hydra config root: the repository's conf/ (a checkout or an editable install), or the copy
+a built wheel ships as tcx/conf (setup.py puts it there)."""
 
 T = TypeVar("T")
 
@@ -177,8 +183,6 @@ def compose_train(overrides: list[str]) -> DictConfig:
     defaults a run would get, e.g. the model node of `model=gpt2-small`."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
-    from tcx.cli.common import CONF_DIR
 
     register_configs()
 

@@ -6,13 +6,11 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from tcx.config import CONF_DIR  # noqa: F401 - the entry points' config root
 from tcx.errors import ConfigError, TcxError
-
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def validated(cfg: DictConfig, nested: tuple[str, ...] = ()):

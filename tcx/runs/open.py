@@ -14,7 +14,7 @@ from jaxtyping import Int
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from tcx.config import build_node, compose_train
+from tcx.config import CONF_DIR, build_node, compose_train
 from tcx.data.windows import load_windows
 from tcx.dictionaries.io import Units
 from tcx.errors import CheckpointError, ConfigError
@@ -61,8 +61,6 @@ def _walk(path: Path, found: dict[Path, Format]) -> None:
 
 def model_config_named(name: str) -> dict[str, Any]:
     """The conf/model/ node whose `name` or hub `path` is `name` (SAELens says `gpt2`, tcx `gpt2-small`)."""
-    from tcx.cli.common import CONF_DIR
-
     options = sorted(Path(CONF_DIR, "model").glob("*.yaml"))
     for option in options:
         node = OmegaConf.to_container(OmegaConf.load(option))

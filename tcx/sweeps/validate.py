@@ -9,8 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from hydra.utils import get_class
 
-from tcx.cli.common import CONF_DIR
-from tcx.config import register_configs
+from tcx.config import CONF_DIR, register_configs
 from tcx.errors import ConfigError
 from tcx.sweeps.spec import SweepSpec
 
