@@ -18,7 +18,7 @@ from torch import Tensor
 
 from tcx.circuits.nodes import Node
 from tcx.circuits.replacement import ReplacementModel
-from tcx.circuits.replay import Frozen, Leaves, Replay, norm_names
+from tcx.circuits.replay import Leaves, invariant_replay
 from tcx.runs.feature_notes import FeatureNotes
 
 
@@ -26,10 +26,7 @@ class Cards:
     def __init__(self, rm: ReplacementModel, top: int = 8):
         self.rm, self.top = rm, top
         w = rm.weights
-        self.replay = Replay(w, Frozen.invariant(w, norm_names(w.n_layers, w.family)), dict(rm.replay.skips))
-        d = w.W_E.shape[1]
-        self.leaves = Leaves(torch.zeros(1, d, dtype=rm.dtype), torch.zeros(w.n_layers, 1, d, dtype=rm.dtype),
-                             torch.zeros(w.n_layers, 1, d, dtype=rm.dtype), torch.zeros(w.n_layers + 2, dtype=rm.dtype))
+        self.replay, self.leaves = invariant_replay(w, dict(rm.replay.skips))
         self.W_V = w.W_V.repeat_interleave(w.n_heads // w.W_V.shape[1], dim=1)  # [layer head d d_head]
         self.notes = {layer: FeatureNotes(c.source.source) for layer, c in rm.codes.items()}
 

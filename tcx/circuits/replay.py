@@ -165,3 +165,12 @@ class Replay:
         batch = next(iter(cotangents.values())).shape[0]
         return Leaves(*(torch.zeros(batch, *leaf.shape, dtype=leaf.dtype) if g is None else g
                         for g, leaf in zip(got, leaves, strict=True)))
+
+
+def invariant_replay(weights: Weights, skips: dict[int, tuple[str, Tensor]] | None = None) -> tuple[Replay, Leaves]:
+    """The input-invariant replay (`Frozen.invariant`: one position, scales 1, attention cut) and
+    zero leaves for it: pull a vector back through it for de-embeddings and feature-to-feature maps."""
+    d, n, dtype = weights.W_E.shape[1], weights.n_layers, weights.W_E.dtype
+    leaves = Leaves(torch.zeros(1, d, dtype=dtype), torch.zeros(n, 1, d, dtype=dtype),
+                    torch.zeros(n, 1, d, dtype=dtype), torch.zeros(n + 2, dtype=dtype))
+    return Replay(weights, Frozen.invariant(weights, norm_names(n, weights.family)), skips), leaves

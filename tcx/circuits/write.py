@@ -81,7 +81,7 @@ def write_feature_files(doc: dict[str, Any], notes: dict[int, Any], out_dir: Pat
         if node["feature_type"] != FEATURE_TYPE["feature"]:
             continue
         layer, index = int(node["layer"]), int(node["node_id"].split("_")[1])
-        card = notes[layer].circuit_tracer(index, str(notes[layer].path.parent)) if layer in notes else None
+        card = notes[layer].circuit_tracer(index) if layer in notes else None
         if card is not None:
             path = out_dir / "features" / doc["metadata"]["scan"] / f"{node['feature']}.json"
             with atomic_path(path) as tmp:

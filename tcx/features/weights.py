@@ -13,7 +13,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tcx.circuits.family import Weights
-from tcx.circuits.replay import Frozen, Leaves, Replay, norm_names
+from tcx.circuits.replay import invariant_replay
 from tcx.runs.record import OpenedDictionary
 
 
@@ -26,10 +26,7 @@ class TokenMaps:
     def __init__(self, lm, top: int = 10, chunk: int = 256):
         self.w = Weights.of(lm.bridge, torch.float32)
         self.top, self.chunk = top, chunk
-        self.replay = Replay(self.w, Frozen.invariant(self.w, norm_names(self.w.n_layers, self.w.family)))
-        d = self.w.W_E.shape[1]
-        z = torch.zeros
-        self.leaves = Leaves(z(1, d), z(self.w.n_layers, 1, d), z(self.w.n_layers, 1, d), z(self.w.n_layers + 2))
+        self.replay, self.leaves = invariant_replay(self.w)
 
     def de_embedding(self, d: OpenedDictionary, features: Int[Tensor, " n"]) -> list[tuple[Tensor, ...]]:
         """Top and bottom tokens of W_E . M W_enc for a transcoder's features, in chunks."""

@@ -35,7 +35,7 @@ class FeatureNotes:
         words[context["peak"]] = f"⟦{words[context['peak']]}⟧"
         return "".join(words)
 
-    def circuit_tracer(self, index: int, transcoder_id: str) -> dict[str, Any] | None:
+    def circuit_tracer(self, index: int) -> dict[str, Any] | None:
         """The feature in circuit-tracer's frontend schema (`circuit_tracer.frontend.feature_models.Model`):
         top activations, then each activation band as a quantile; None when there is nothing read."""
         feature = self._doc["by_index"].get(index) if self._doc else None
@@ -51,7 +51,7 @@ class FeatureNotes:
         bands = [{"quantile_name": f"band {b['lo']:.3g}-{b['hi']:.3g} ({100 * b['share']:.1f}%)",
                   "examples": examples(b["examples"])} for b in reversed(feature["bands"])]
         logits = feature.get("logits") or {"top": [], "bottom": []}
-        return {"transcoder_id": transcoder_id, "index": index, "act_min": 0.0, "act_max": feature["max"],
+        return {"transcoder_id": str(self.path.parent), "index": index, "act_min": 0.0, "act_max": feature["max"],
                 "examples_quantiles": [{"quantile_name": "top activations", "examples": examples(feature["top"])},
                                        *bands],
                 "top_logits": [vocab.get(str(t), "?") for t, _ in logits["top"]],
