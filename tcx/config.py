@@ -71,6 +71,12 @@ class TrainerConfig:
     model_dtype: str = "float32"
     """dtype of the language model's forward pass (bfloat16 on a GPU halves its cost)."""
     progress_bar: bool = True
+    activation_cache: bool = False
+    """Read the model's activations from `<cache_dir>/activations/` (written by `tcx-cache`, or by
+    the first run with this on) instead of running the model: same weights, bit for bit."""
+    profiler: str | None = None
+    """Lightning's profiler, `simple` or `advanced`: where the time went (model forward inside
+    `train_dataloader_next`, dictionary step, callbacks' evaluation), printed when the run ends."""
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "batch_size", "buffer_tokens", "model_batch_size",

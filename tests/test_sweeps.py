@@ -209,3 +209,19 @@ def test_grid_values_reach_hydra_as_the_values_written(tmp_path, pack):
         # (in a sweep list Hydra keeps a quoted item as QuotedString until it applies it: a str)
         assert [getattr(v, "text", v) for v in values["dictionary.input_site"].list] == ["mlp_in", "null"]
         assert type(values["dictionary.input_site"].list[1]).__name__ == "QuotedString"
+
+
+def test_two_task_ddp_job_on_slurm(slurm, tmp_path, cache_dir):
+    """tasks_per_node=2: SLURM starts two processes that train one dictionary together, each
+    running the model on half of the windows."""
+    path = sweep_file(tmp_path, {"dictionary.l1_coeff": [0.1]},
+                      [*small(cache_dir), "trainer.max_tokens=16384", "trainer.accelerator=cpu",
+                       "trainer.devices=2", "trainer.strategy=ddp"])
+    out = tcx_sweep(str(path), "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 's'}",
+                    "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (point,) = json.loads((tmp_path / "s" / "sweep.json").read_text())["points"]
+    assert point["status"] == "done" and point["metrics"]["tokens"] == 16384
+    assert 16384 / 2 <= point["metrics"]["model_tokens"] < 1.05 * 16384 / 2
+    for job in submitted_tasks(tmp_path / "s"):
+        assert sacct_states(job) == ["COMPLETED"], job

@@ -154,3 +154,6 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, cache_dir):
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "single")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    # each process ran the model on half of the windows (rank 0 reports its share; odd counts round up)
+    ran = {n: json.loads((tmp_path / n / "metrics.json").read_text())["model_tokens"] for n in ("ddp", "single")}
+    assert ran["single"] >= 16384 and ran["single"] / 2 <= ran["ddp"] < 1.05 * ran["single"] / 2, ran

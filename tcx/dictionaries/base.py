@@ -9,6 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from tcx.dictionaries.sparse import Codes, decode
 from tcx.errors import ConfigError
 
 
@@ -23,7 +24,8 @@ class Activation(NamedTuple):
 
 class StepOutput(NamedTuple):
     y: Float[Tensor, "batch d_out"]
-    z: Float[Tensor, "batch d_sae"]
+    z: Codes
+    """Dense `[batch, d_sae]`, or `SparseCodes` where the step ran sparse (see sparse.py)."""
     loss: Float[Tensor, ""]
     """What the optimiser minimises: mse + sparsity_scale * coefficient * sparsity."""
     mse: Float[Tensor, ""]
@@ -103,10 +105,10 @@ class Dictionary(nn.Module):
         """This kind's inference activation, for exporters (see `Activation`)."""
         raise NotImplementedError(f"{type(self).__name__} does not describe its activation.")
 
-    def decode(self, z: Float[Tensor, "batch d_sae"], x: Float[Tensor, "batch d_in"] | None = None
+    def decode(self, z: Codes, x: Float[Tensor, "batch d_in"] | None = None
                ) -> Float[Tensor, "batch d_out"]:
         """`x` is for kinds with a path that bypasses the features (skip transcoder)."""
-        return z @ self.W_dec + self.b_dec
+        return decode(z, self.W_dec, self.b_dec)
 
     def loss(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
              sparsity_scale: float = 1.0) -> StepOutput:

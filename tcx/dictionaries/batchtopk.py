@@ -13,6 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tcx.dictionaries.base import Activation
+from tcx.dictionaries.sparse import Rule, Selection, above, batch_top_k
 from tcx.dictionaries.topk import TopKConfig, TopKDictionary
 
 
@@ -42,11 +43,25 @@ class BatchTopKDictionary(TopKDictionary):
             return pre * (pre > self.threshold.clamp_min(0.0))
         flat = pre.relu().flatten()
         values, index = flat.topk(self.cfg.k * pre.shape[0], sorted=False)
-        z = torch.zeros_like(flat).scatter_(0, index, values).view_as(pre)
-        with torch.no_grad():
-            kept = values[values > 0]
-            if len(kept):
-                smallest, m = kept.min(), self.cfg.threshold_momentum
-                first = self.threshold < 0
-                self.threshold.copy_(smallest if first else m * self.threshold + (1 - m) * smallest)
-        return z
+        self.track_threshold(values)
+        return torch.zeros_like(flat).scatter_(0, index, values).view_as(pre)
+
+    def rule(self) -> Rule:
+        if not self.training:
+            return above(float(self.threshold.clamp_min(0.0)))
+        pick = batch_top_k(self.cfg.k)
+
+        def rule(pre: Tensor) -> Selection:
+            picked = pick(pre)
+            self.track_threshold(picked[0])
+            return picked
+        return rule
+
+    @torch.no_grad()
+    def track_threshold(self, values: Float[Tensor, " kept"]) -> None:
+        """Move the inference threshold towards the smallest positive activation kept."""
+        kept = values[values > 0]
+        if len(kept):
+            smallest, m = kept.min(), self.cfg.threshold_momentum
+            first = self.threshold < 0
+            self.threshold.copy_(smallest if first else m * self.threshold + (1 - m) * smallest)

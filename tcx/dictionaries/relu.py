@@ -16,6 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tcx.dictionaries.base import Activation, Dictionary, DictionaryConfig, StepOutput, squared_error
+from tcx.dictionaries.sparse import relu_codes, weighted_l1
 from tcx.errors import ConfigError
 
 
@@ -44,8 +45,8 @@ class ReLUDictionary(Dictionary):
 
     def loss(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
              sparsity_scale: float = 1.0) -> StepOutput:
-        z = self.encode(x)
+        z = relu_codes(x, self.W_enc, self.b_enc)
         y = self.decode(z)
         mse = squared_error(y, target)
-        l1 = (z * self.W_dec.norm(dim=1)).sum(-1).mean()
+        l1 = weighted_l1(z, self.W_dec.norm(dim=1))
         return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1, mse, l1)

@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from tcx.dictionaries.sparse import Codes
 from tcx.dictionaries.topk import TopKConfig, TopKDictionary
 
 
@@ -28,8 +29,8 @@ class SkipTranscoder(TopKDictionary):
         super().__init__(cfg, d_in, d_out, seed)
         self.W_skip = nn.Parameter(torch.zeros(d_in, d_out))
 
-    def decode(self, z: Float[Tensor, "batch d_sae"], x: Tensor | None = None) -> Tensor:
-        y = z @ self.W_dec + self.b_dec
+    def decode(self, z: Codes, x: Tensor | None = None) -> Tensor:
+        y = super().decode(z)
         return y if x is None else y + x @ self.W_skip
 
     def rescale_extra_(self, input_factor: Tensor, target_factor: Tensor) -> None:

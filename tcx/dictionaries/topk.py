@@ -16,6 +16,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from tcx.dictionaries.base import Activation, Dictionary, DictionaryConfig, StepOutput, squared_error
+from tcx.dictionaries.sparse import Codes, Rule, decode, encode_sparse, pre_activations, sparse_enabled, top_k
 from tcx.errors import ConfigError
 
 
@@ -65,24 +66,38 @@ class TopKDictionary(Dictionary):
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         return self.select(self.pre_activation(x))
 
-    def aux_loss(self, pre: Tensor, residual: Tensor, dead: Bool[Tensor, " d_sae"]) -> Tensor:
+    def aux_loss(self, x: Tensor, pre: Tensor, residual: Tensor, dead: Bool[Tensor, " d_sae"]) -> Tensor:
         """How well the top `aux_k` dead latents explain what the live ones missed (normalised)."""
         n_dead = int(dead.sum())
         if n_dead == 0 or self.cfg.aux_coeff == 0 or self.cfg.aux_k == 0:
             return pre.new_zeros(())
-        z = topk_rows(pre.masked_fill(~dead, 0.0), min(self.cfg.aux_k, n_dead))
-        explained = z @ self.W_dec
+        k = min(self.cfg.aux_k, n_dead)
+        if sparse_enabled(x.device):  # a dictionary of the dead latents alone
+            cols = dead.nonzero().squeeze(1)
+            z = encode_sparse(x, self.W_enc[:, cols], self.b_enc[cols], top_k(k), pre[:, cols])
+            explained = decode(z, self.W_dec[cols], torch.zeros_like(self.b_dec))
+        else:
+            explained = topk_rows(pre.masked_fill(~dead, 0.0), k) @ self.W_dec
         return squared_error(explained, residual) / residual.pow(2).sum(-1).mean().clamp_min(1e-8)
 
     def loss(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
              sparsity_scale: float = 1.0) -> StepOutput:
-        pre = self.pre_activation(x)
-        z = self.select(pre)
+        if sparse_enabled(x.device):
+            pre = pre_activations(x, self.W_enc, self.b_enc)
+            z: Codes = encode_sparse(x, self.W_enc, self.b_enc, self.rule(), pre)
+        else:
+            pre = self.pre_activation(x)
+            z = self.select(pre)
         y = self.decode(z, x)
         mse = squared_error(y, target)
-        aux = self.aux_loss(pre, (target - y).detach(), self.dead) if self.training else mse.new_zeros(())
+        aux = (self.aux_loss(x, pre, (target - y).detach(), self.dead) if self.training
+               else mse.new_zeros(()))
         return StepOutput(y, z, mse + self.cfg.aux_coeff * aux, mse, aux)
 
     def select(self, pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         """Which pre-activations fire: the family's one difference (TopK: each row's k largest)."""
         return topk_rows(pre, self.cfg.k)
+
+    def rule(self) -> Rule:
+        """`select` for sparse training steps."""
+        return top_k(self.cfg.k)

@@ -5,10 +5,7 @@ from __future__ import annotations
 from jaxtyping import Float
 from torch import Tensor
 
-
-def l0(z: Float[Tensor, "batch d_sae"]) -> Float[Tensor, ""]:
-    """Mean number of active features per row."""
-    return (z != 0).sum(-1).float().mean()
+from tcx.dictionaries.sparse import fired, l0  # noqa: F401  (they take sparse codes too)
 
 
 def fvu(y: Float[Tensor, "batch d"], target: Float[Tensor, "batch d"]) -> Float[Tensor, ""]:

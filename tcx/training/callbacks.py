@@ -29,7 +29,7 @@ class DeadFeatures(L.Callback):
         n = next(iter(batch.values())).shape[0] * trainer.world_size
         self.tokens_seen += n
         for name, out in outputs["outs"].items():
-            fired = (out.z != 0).any(0)
+            fired = metrics.fired(out.z)
             if trainer.world_size > 1:
                 fired = trainer.strategy.reduce(fired.float(), reduce_op="max").bool()
             since = self.since.get(name)
@@ -217,6 +217,8 @@ class MemberReports(L.Callback):
                 member.close_logger(None, failed=True)
                 continue
             summary = self.summary(key, trainer.global_step)
+            stream = trainer.datamodule.stream  # this process's share of the model's work
+            summary |= {"model_tokens": stream.model_rows, "model_seconds": round(stream.model_seconds, 1)}
             if key in held_out:
                 row, frequency = held_out[key]
                 summary = merge_eval(summary, row)

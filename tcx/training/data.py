@@ -33,19 +33,25 @@ class _Steps(IterableDataset):
             yield {site: rows.chunk(self.world)[self.rank] for site, rows in batch.items()}
 
 
+def make_stream(lm: LanguageModel, windows: TokenWindows, hooks: Mapping[str, str], cfg: TrainerConfig,
+                seed: int, cache_dir: str) -> ActivationStream:
+    """The training stream of a run (`cache_dir` is the run's; used if `trainer.activation_cache`)."""
+    return ActivationStream(lm, windows.train, windows.valid, hooks, cfg.batch_size, cfg.buffer_tokens,
+                            cfg.model_batch_size, seed, cache_dir=cache_dir if cfg.activation_cache else None)
+
+
 class ActivationData(L.LightningDataModule):
     def __init__(self, lm: LanguageModel, windows: TokenWindows, hooks: Mapping[str, str],
-                 cfg: TrainerConfig, seed: int):
+                 cfg: TrainerConfig, seed: int, cache_dir: str):
         super().__init__()
         self.lm, self.windows, self.hooks, self.cfg, self.seed = lm, windows, hooks, cfg, seed
+        self.cache_dir = cache_dir
         self.stream: ActivationStream | None = None
 
     def setup(self, stage: str) -> None:
         # Runs on every process once it has its device: the model goes where the dictionaries are.
         self.lm.bridge.to(self.trainer.strategy.root_device)
-        self.stream = ActivationStream(
-            self.lm, self.windows.train, self.windows.valid, self.hooks, self.cfg.batch_size,
-            self.cfg.buffer_tokens, self.cfg.model_batch_size, self.seed)
+        self.stream = make_stream(self.lm, self.windows, self.hooks, self.cfg, self.seed, self.cache_dir)
 
     def train_dataloader(self) -> DataLoader:
         steps = _Steps(self.stream, lambda: self.trainer.global_step, self.cfg.max_steps,

@@ -13,9 +13,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from tcx.config import TrainerConfig, build_node
-from tcx.data.windows import load_windows
+from tcx.data.windows import TokenWindows, load_windows
 from tcx.errors import ConfigError
 from tcx.io import write_json, write_text
+from tcx.models.lm import LanguageModel
 from tcx.training.callbacks import (
     AuxK,
     DeadFeatures,
@@ -98,6 +99,15 @@ def make_callbacks(tcfg: TrainerConfig, members, hooks: dict[str, str], windows,
     return callbacks, reports
 
 
+def open_stream_inputs(spec, corpus, cfg: DictConfig, members, tcfg: TrainerConfig
+                       ) -> tuple[LanguageModel, dict[str, str], TokenWindows]:
+    """The model, the hookpoint of every site a member reads, and the corpus's windows."""
+    lm = spec.load("cpu", tcfg.model_dtype)
+    sites = sorted({s for m in members for s in (m.cfg.input_site, m.cfg.target_site)})
+    hooks = {site: lm.hook_name(site, cfg.layer) for site in sites}
+    return lm, hooks, load_windows(corpus, lm, tcfg.max_tokens, cfg.cache_dir)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
     """Train every member of `cfg` in `run_dir`; return each member's final metrics."""
     # Validate everything before the first byte is written or the first model weight is read.
@@ -116,10 +126,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
 
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    lm = spec.load("cpu", tcfg.model_dtype)
-    sites = sorted({s for m in members for s in (m.cfg.input_site, m.cfg.target_site)})
-    hooks = {site: lm.hook_name(site, cfg.layer) for site in sites}
-    windows = load_windows(corpus, lm, tcfg.max_tokens, cfg.cache_dir)
+    lm, hooks, windows = open_stream_inputs(spec, corpus, cfg, members, tcfg)
     probe = lm.run_to(windows.tokens[:1], list(hooks.values()))
     dims = {site: probe[hook].shape[-1] for site, hook in hooks.items()}
 
@@ -129,7 +136,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
         {m.key: m.cfg.build(dims[m.cfg.input_site], dims[m.cfg.target_site], seed=cfg.seed)
          for m in members},
         instantiate(cfg.optimizer), cfg.lr, schedule)
-    data = ActivationData(lm, windows, hooks, tcfg, cfg.seed)
+    data = ActivationData(lm, windows, hooks, tcfg, cfg.seed, cfg.cache_dir)
 
     meta = {"model": spec.name, "layer": cfg.layer, "hooks": hooks, "seed": cfg.seed}
     callbacks, reports = make_callbacks(tcfg, members, hooks, windows, meta, run_dir, cfg.seed)
@@ -138,7 +145,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
         num_nodes=tcfg.num_nodes, strategy=tcfg.strategy, precision=tcfg.precision, callbacks=callbacks,
         plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=tcfg.progress_bar,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        use_distributed_sampler=False, default_root_dir=run_dir)
+        use_distributed_sampler=False, default_root_dir=run_dir, profiler=tcfg.profiler)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)  # the step is in metrics.json: resumed_from_step
     trainer.fit(bank, datamodule=data, ckpt_path=checkpoint)

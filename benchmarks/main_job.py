@@ -1,0 +1,81 @@
+"""The default main job (`tcx-train`) end to end, with where the time goes: the model's forward
+(inside fetching a batch), the dictionary step (forward, backward, optimiser), and the rest
+(start-up, model load, held-out evaluation, checkpoints). Runs side by side in one go:
+
+    python benchmarks/main_job.py steps    # dense steps (TCX_SPARSE=0, tcx before #16) vs sparse: ~20 min
+    python benchmarks/main_job.py cache    # live vs trainer.activation_cache=true, 1st and 2nd run: ~30 min
+    python benchmarks/main_job.py cache trainer.max_tokens=500000
+
+`cache` writes about 3 GB per million tokens to <cache_dir>/activations and removes what it wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PHASES = {  # Lightning's simple profiler rows -> phase
+    "model forward (batch fetch)": ["train_dataloader_next"],
+    "dictionary step": ["run_training_batch"],
+}
+
+
+def run(sparse: str, overrides: list[str], out: Path) -> dict[str, float]:
+    env = {**os.environ, "TCX_SPARSE": sparse}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tcx.cli.train", f"hydra.run.dir={out}",
+                           "trainer.profiler=simple", "trainer.progress_bar=false", "logger=csv", *overrides],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(proc.stderr[-3000:])
+    times = {"wall": wall}
+    for phase, actions in PHASES.items():  # (the profiler's table is printed twice: take the first)
+        times[phase] = sum(float(re.search(rf"{re.escape(a)}\s*\|\s*[\d.e-]+\s*\|\s*\d+\s*\|\s*([\d.e-]+)",
+                                           proc.stdout + proc.stderr).group(1)) for a in actions)
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("main ")][-1].split()
+    times["tok/s"] = float(summary[6].replace(",", ""))
+    times["L0"], times["FVU"] = float(summary[1]), float(summary[2])
+    return times
+
+
+def main() -> None:
+    mode, overrides = sys.argv[1], sys.argv[2:]
+    runs: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if mode == "steps":
+            runs["dense steps (before)"] = run("0", overrides, Path(tmp) / "dense")
+            runs["sparse steps (default)"] = run("auto", overrides, Path(tmp) / "sparse")
+        else:
+            cache = Path(os.environ.get("TCX_CACHE_DIR", "~/.cache/tcx")).expanduser() / "activations"
+            before = set(cache.glob("*"))
+            runs["live"] = run("auto", overrides, Path(tmp) / "live")
+            cached = [*overrides, "trainer.activation_cache=true"]
+            runs["cache, 1st run (writes)"] = run("auto", cached, Path(tmp) / "first")
+            runs["cache, 2nd run (reads)"] = run("auto", cached, Path(tmp) / "second")
+            for folder in set(cache.glob("*")) - before:
+                size = sum(f.stat().st_size for f in folder.rglob("*.pt"))
+                print(f"cache {folder}: {size / 1e9:.2f} GB (removed)")
+                shutil.rmtree(folder)
+    print(f"tcx-train {' '.join(overrides)} on {os.cpu_count()} CPU cores\n")
+    names = list(runs)
+    print("| | " + " | ".join(names) + f" | {names[0]} / {names[-1]} |\n|---" * 1 + "|---" * (len(names) + 1) + "|")
+    for key in ["wall", *PHASES, "rest", "tok/s", "L0", "FVU"]:
+        for t in runs.values():
+            t["rest"] = t["wall"] - sum(t[p] for p in PHASES)
+        unit = " s" if key in ("wall", "rest", *PHASES) else ""
+        first, last = runs[names[0]][key], runs[names[-1]][key]
+        ratio = (first / last if unit else last / first) if first and last else float("nan")
+        fmt = ",.0f" if key == "tok/s" or (unit and first >= 100) else ".4g"
+        print(f"| {key} | " + " | ".join(f"{t[key]:{fmt}}{unit}" for t in runs.values()) + f" | {ratio:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()

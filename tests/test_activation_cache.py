@@ -1,0 +1,49 @@
+"""The activation cache (tcx-cache, trainer.activation_cache): a run that reads it trains the same
+weights, bit for bit, as one that runs the model, without running it; a shard that belongs to
+another stream, or that is damaged, is refused by name."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tcx.activations.cache import ActivationCacheError
+from tcx.activations.fill import fill_cache
+from tcx.activations.stream import ActivationStream
+from tcx.training.run import train
+
+SHORT = ["trainer.max_tokens=16384", "trainer.eval_tokens=2048",
+         "bank=[{name: tc}, {dictionary: topk, k: 8, input_site: mlp_out, name: sae}]"]
+
+
+def test_training_from_the_cache_is_training_live(make_cfg, tmp_path, monkeypatch):
+    train(make_cfg(*SHORT), tmp_path / "live")
+    folder = fill_cache(make_cfg(*SHORT))
+    assert len(list(folder.glob("*/*.pt"))) == 2 * 2  # two sites, two chunks of 8,192 tokens
+
+    def model_runs(self, index):
+        raise AssertionError(f"chunk {index} ran the model")
+    monkeypatch.setattr(ActivationStream, "compute", model_runs)
+    train(make_cfg(*SHORT, "trainer.activation_cache=true"), tmp_path / "cached")
+    for member in ("tc", "sae"):
+        live, cached = (load_file(tmp_path / run / member / "dictionary.safetensors") for run in ("live", "cached"))
+        assert all(torch.equal(live[k], cached[k]) for k in live), member
+
+
+def test_a_shard_of_another_stream_or_a_damaged_one_is_refused(make_cfg, tmp_path):
+    folder = fill_cache(make_cfg(*SHORT))
+    other = fill_cache(make_cfg(*SHORT, "seed=1"))
+    assert other != folder
+    shard = next(folder.glob("*/000000.pt"))
+    shutil.copy(other / shard.parent.name / shard.name, shard)
+    with pytest.raises(ActivationCacheError, match=r"seed 1 there, 0 here"):
+        train(make_cfg(*SHORT, "trainer.activation_cache=true"), tmp_path / "a")
+    shard.write_bytes(b"not a shard")
+    with pytest.raises(ActivationCacheError, match=r"cannot be read.*Delete it"):
+        train(make_cfg(*SHORT, "trainer.activation_cache=true"), tmp_path / "b")
+    shard.unlink()  # a missing shard is computed again
+    train(make_cfg(*SHORT, "trainer.activation_cache=true"), tmp_path / "c")
+    assert shard.is_file()
