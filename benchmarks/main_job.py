@@ -66,7 +66,8 @@ def main() -> None:
                 shutil.rmtree(folder)
     print(f"tcx-train {' '.join(overrides)} on {os.cpu_count()} CPU cores\n")
     names = list(runs)
-    print("| | " + " | ".join(names) + f" | {names[0]} / {names[-1]} |\n|---" * 1 + "|---" * (len(names) + 1) + "|")
+    print("| | " + " | ".join(names) + f" | {names[0]} / {names[-1]} |")
+    print("|---" * (len(names) + 2) + "|")
     for key in ["wall", *PHASES, "rest", "tok/s", "L0", "FVU"]:
         for t in runs.values():
             t["rest"] = t["wall"] - sum(t[p] for p in PHASES)

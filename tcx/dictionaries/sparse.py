@@ -134,20 +134,20 @@ class _SparseEncode(torch.autograd.Function):
     def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, rule: Rule):
         values, indices, counts = rule(pre)
         offsets = torch.cumsum(counts, 0) - counts
-        ctx.save_for_backward(x, W_enc, values, indices, counts)
+        ctx.save_for_backward(x, W_enc, values, indices, offsets)
         ctx.mark_non_differentiable(indices, offsets)
         return values, indices, offsets
 
     @staticmethod
     def backward(ctx, grad_values: Tensor, _indices, _offsets):
-        x, W_enc, values, indices, counts = ctx.saved_tensors
-        grad = torch.where(values > 0, grad_values, 0)  # relu: no gradient where nothing fired
-        rows = torch.repeat_interleave(torch.arange(len(x), device=x.device), counts, output_size=len(indices))
+        x, W_enc, values, indices, offsets = ctx.saved_tensors
+        codes = SparseCodes(torch.where(values > 0, grad_values, 0), indices, offsets, W_enc.shape[1])
+        grad = codes.values  # relu: no gradient where nothing fired
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), torch.cumsum(counts, 0) - counts,
-                                     mode="sum", per_sample_weights=grad)
+            grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), offsets, mode="sum", per_sample_weights=grad)
         if ctx.needs_input_grad[1]:
+            rows = codes.rows
             # grad_W_enc.T = G.T @ x, G the sparse [batch, d_sae] gradient: built as CSR by feature.
             by_feature = indices.argsort(stable=True)  # a fixed order of summation: reproducible runs
             crow = torch.zeros(W_enc.shape[1] + 1, dtype=torch.long, device=x.device)
