@@ -143,17 +143,28 @@ def test_a_bank_may_mix_dictionary_kinds(make_cfg, tmp_path):
     assert abs(final["topk"]["l0"] - 4) < 1e-6
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, cache_dir):
+RESAMPLING = ["dictionary.l1_coeff=3.0", "trainer.dead_window_tokens=2048", "trainer.resample_every_n_tokens=4096"]
+
+
+@pytest.mark.parametrize("extra", [["dictionary.l1_coeff=0.1"], RESAMPLING], ids=["plain", "resampling"])
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, cache_dir, extra):
+    """Global batches are the same as one process's; with resampling, the rows dead features restart
+    on are drawn from the global batch, so the replicas stay equal (and equal to one process)."""
     common = ["experiment=smoke", "trainer.max_tokens=16384", "trainer.eval_tokens=0", "trainer.progress_bar=false",
-              "dictionary.l1_coeff=0.1", f"cache_dir={cache_dir}"]
-    for name, extra in (("ddp", ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]),
-                        ("single", [])):
+              *extra, f"cache_dir={cache_dir}"]
+    for name, more in (("ddp", ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]),
+                       ("single", [])):
         out = subprocess.run([sys.executable, "-m", "tcx.cli.train", *common, f"hydra.run.dir={tmp_path / name}",
-                              *extra], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                              *more], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert out.returncode == 0, out.stderr[-3000:]
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "single")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    final = {n: json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("ddp", "single")}
+    if extra is RESAMPLING:
+        assert final["single"]["resampled_features"] > 0 and final["ddp"]["resampled_features"] == \
+            final["single"]["resampled_features"]
+        return
     # each process ran the model on half of the windows (rank 0 reports its share; odd counts round up)
-    ran = {n: json.loads((tmp_path / n / "metrics.json").read_text())["model_tokens"] for n in ("ddp", "single")}
+    ran = {n: final[n]["model_tokens"] for n in ("ddp", "single")}
     assert ran["single"] >= 16384 and ran["single"] / 2 <= ran["ddp"] < 1.05 * ran["single"] / 2, ran

@@ -123,20 +123,42 @@ def test_auxk_trains_dead_latents_on_the_residual(make_cfg):
     assert d.W_enc.grad[:, :10].abs().sum() > 0
 
 
-def test_resampling_restarts_dead_features(make_cfg):
-    d = kind(make_cfg, "transcoder")
+@pytest.mark.parametrize("name", ["transcoder", "gated", "jumprelu"])
+def test_resampling_restarts_dead_features(make_cfg, name):
+    """Each kind restarts every per-feature parameter of a dead feature and nothing of a live one:
+    gated's magnitude path with its gate, JumpReLU's threshold set as at initialisation."""
+    d = kind(make_cfg, name)
+    with torch.no_grad():
+        for p in d.parameters():
+            p.add_(torch.rand(p.shape, generator=GEN) * 0.5)  # every parameter away from its restart value
     dead = DeadFeatures(window_tokens=100)
     dead.since["main"], dead.tokens_seen = torch.zeros(d.d_sae, dtype=torch.long), 1000
     dead.since["main"][:7] = 500
-    before = d.W_dec.detach().clone()
+    before = {k: v.detach().clone() for k, v in d.named_parameters()}
     x = torch.randn(64, 16, generator=GEN)
     out = d(x, x)
     module = SimpleNamespace(members={"main": d})
-    trainer = SimpleNamespace(global_step=10, max_steps=100, optimizers=[torch.optim.Adam(d.parameters())])
+    optimizer = torch.optim.Adam(d.parameters())
+    out.loss.backward()
+    optimizer.step()  # moments to clear
+    before = {k: v.detach().clone() for k, v in d.named_parameters()}
+    trainer = SimpleNamespace(global_step=10, max_steps=100, optimizers=[optimizer], world_size=1)
     Resample(dead, every_steps=10, seed=0).on_train_batch_end(
         trainer, module, {"outs": {"main": out}}, {"mlp_in": x, "mlp_out": x}, 0)
-    assert not torch.equal(d.W_dec[:7], before[:7]) and torch.equal(d.W_dec[7:], before[7:])
+    per_feature = {k: v for k, v in d.named_parameters() if k != "W_enc" and v.shape[:1] == (d.d_sae,)}
+    per_feature["W_enc"] = d.W_enc.T
+    for k, v in per_feature.items():
+        old = before[k].T if k == "W_enc" else before[k]
+        assert not torch.equal(v[:7], old[:7]), f"{k} of a dead feature was not restarted"
+        assert torch.equal(v[7:], old[7:]), f"{k} of a live feature changed"
+        moments = [m for m in optimizer.state[d.get_parameter(k)].values() if torch.is_tensor(m) and m.dim() > 0]
+        assert moments and all((m.T if k == "W_enc" else m)[:7].abs().max() == 0 for m in moments), k
     assert (dead.since["main"] == 0).all()
+    if name == "gated":
+        assert (d.r_mag[:7] == 0).all() and (d.b_mag[:7] == 0).all()
+    if name == "jumprelu":  # fires on init_firing_rate of the batch, as a new feature would (±1 row: θ is
+        fired = (d.encode(x * d.input_scale)[:, :7] > 0).float().mean(0)  # kept as log θ, the quantile's row may tie)
+        assert (fired - d.cfg.init_firing_rate).abs().max() <= 1.5 / len(x), fired
 
 
 @pytest.mark.parametrize("name", options("dictionary"))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from tcx.dictionaries.sparse import Codes, decode
@@ -165,6 +165,22 @@ class Dictionary(nn.Module):
             self.input_scale.copy_((self.d_in / x.pow(2).sum(-1).mean()).sqrt())
             self.target_scale.copy_((self.d_out / target.pow(2).sum(-1).mean()).sqrt())
         self.b_dec.copy_(target.mean(0) * self.target_scale)
+
+    @torch.no_grad()
+    def restart_(self, dead: Bool[Tensor, " d_sae"], x: Float[Tensor, "batch d_in"],
+                 residual: Float[Tensor, "batch d_out"], rows: Int[Tensor, " dead"]) -> list[tuple[nn.Parameter, Any]]:
+        """Restart the `dead` features on `rows` of a batch (one per feature, chosen where the
+        reconstruction is worst; `x`, `residual = target - output` in model units): decoder row along
+        the residual at the live rows' mean norm, encoder column along the input at 0.2 of the live
+        columns' (after Bricken et al. 2023), b_enc 0. Returns each (parameter, index) it changed,
+        whose optimiser moments the caller clears. Kinds with more per-feature parameters extend it."""
+        alive = ~dead
+        enc_norm = self.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+        dec_norm = self.W_dec[alive].norm(dim=1).mean() if alive.any() else torch.tensor(0.1)
+        self.W_dec[dead] = nn.functional.normalize(residual[rows], dim=-1).to(self.W_dec.dtype) * dec_norm
+        self.W_enc[:, dead] = (nn.functional.normalize(x[rows], dim=-1) * 0.2 * enc_norm).T.to(self.W_enc.dtype)
+        self.b_enc[dead] = 0.0
+        return [(self.W_dec, dead), (self.W_enc, (slice(None), dead)), (self.b_enc, dead)]
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:

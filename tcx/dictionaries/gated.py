@@ -13,9 +13,10 @@ Which features fire and how strongly are decided by two paths that share the enc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from tcx.dictionaries.base import Activation, Dictionary, StepOutput, squared_error
@@ -43,6 +44,15 @@ class GatedDictionary(Dictionary):
         super().__init__(cfg, d_in, d_out, seed)
         self.r_mag = nn.Parameter(torch.zeros(self.d_sae))
         self.b_mag = nn.Parameter(torch.zeros(self.d_sae))
+
+    @torch.no_grad()
+    def restart_(self, dead: Bool[Tensor, " d_sae"], x: Float[Tensor, "batch d_in"],
+                 residual: Float[Tensor, "batch d_out"], rows: Int[Tensor, " dead"]) -> list[tuple[nn.Parameter, Any]]:
+        """The magnitude path restarts with the gate: W_mag = W_enc (r_mag 0), b_mag 0."""
+        changed = super().restart_(dead, x, residual, rows)
+        self.r_mag[dead] = 0.0
+        self.b_mag[dead] = 0.0
+        return [*changed, (self.r_mag, dead), (self.b_mag, dead)]
 
     def gate(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         return x @ self.W_enc + self.b_enc

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from tcx.dictionaries.base import Activation, Dictionary, DictionaryConfig, StepOutput, squared_error
@@ -98,12 +99,27 @@ class JumpReLUDictionary(Dictionary):
         super().init_from_data(x, target)
         if self.cfg.init_firing_rate is None:
             return
-        pre = self.pre_activation(x[:8192] * self.input_scale)  # [rows, d_sae]: 8k rows suffice
+        self.log_threshold.copy_(self._log_thresholds(x))
+
+    def _log_thresholds(self, x: Float[Tensor, "rows d_in"], features: Tensor | slice = slice(None)) -> Tensor:
+        """θ at the quantile of each feature's pre-activations on `x` (model units) that makes it
+        fire on `init_firing_rate` of the rows; a feature positive on fewer rows than that fires
+        wherever it is positive at all."""
+        pre = self.pre_activation(x[:8192] * self.input_scale)[:, features]  # [rows, feature]: 8k rows suffice
         k = max(1, min(len(pre), round((1 - self.cfg.init_firing_rate) * len(pre))))
         q = pre.kthvalue(k, dim=0).values
-        # a feature positive on fewer rows than the rate fires wherever it is positive at all
         floor = torch.tensor(self.cfg.bandwidth / 100, dtype=q.dtype)
-        self.log_threshold.copy_(q.maximum(floor).log().to(self.log_threshold.dtype))
+        return q.maximum(floor).log().to(self.log_threshold.dtype)
+
+    @torch.no_grad()
+    def restart_(self, dead: Bool[Tensor, " d_sae"], x: Float[Tensor, "batch d_in"],
+                 residual: Float[Tensor, "batch d_out"], rows: Int[Tensor, " dead"]) -> list[tuple[nn.Parameter, Any]]:
+        """A restarted feature's threshold is set as at initialisation, on this batch (its old θ
+        belonged to the old direction); with `init_firing_rate` null it keeps the configured start."""
+        changed = super().restart_(dead, x, residual, rows)
+        self.log_threshold[dead] = (self._log_thresholds(x, dead) if self.cfg.init_firing_rate is not None
+                                    else math.log(self.cfg.init_threshold))
+        return [*changed, (self.log_threshold, dead)]
 
     def activation(self) -> Activation:
         return Activation("jumprelu", threshold=self.threshold.detach().clone())

@@ -18,12 +18,19 @@ from tcx.training.outputs import write_member_outputs
 
 
 class DeadFeatures(L.Callback):
-    """Counts, per member and feature, the tokens since it last fired (checkpointed)."""
+    """Counts, per member and feature, the tokens since it last fired, and per member the features
+    restarted (checkpointed)."""
 
     def __init__(self, window_tokens: int):
         self.window_tokens = window_tokens
         self.since: dict[str, torch.Tensor] = {}
         self.tokens_seen = 0
+        self.restarts: dict[str, int] = {}
+
+    def restarted(self, key: str, mask: torch.Tensor) -> None:
+        """`mask`'s features were restarted: they count as just fired."""
+        self.since[key][mask.to(self.since[key].device)] = 0
+        self.restarts[key] = self.restarts.get(key, 0) + int(mask.sum())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = next(iter(batch.values())).shape[0] * trainer.world_size
@@ -48,10 +55,12 @@ class DeadFeatures(L.Callback):
         return metrics.dead_fraction(self.since[name], min(self.window_tokens, self.tokens_seen))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"since": {k: v.cpu() for k, v in self.since.items()}, "tokens_seen": self.tokens_seen}
+        return {"since": {k: v.cpu() for k, v in self.since.items()}, "tokens_seen": self.tokens_seen,
+                "restarts": dict(self.restarts)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.since, self.tokens_seen = dict(state["since"]), state["tokens_seen"]
+        self.restarts = dict(state.get("restarts", {}))  # checkpoints before restarts were counted
 
 
 class AuxK(L.Callback):
@@ -69,11 +78,18 @@ class AuxK(L.Callback):
 
 class Resample(L.Callback):
     """Every N steps, restart the dead features of penalty-sparsified kinds (ReLU, gated, JumpReLU)
-    on the rows they reconstruct worst: decoder row along the residual, encoder column along the
-    input, Adam's moments for them reset (after Bricken et al. 2023, simplified)."""
+    on the rows they reconstruct worst, each kind as its `restart_` says, and clear Adam's moments
+    for them. Under DDP the rows are drawn from the global batch (gathered in rank order), so every
+    replica restarts alike, and as one process would."""
 
     def __init__(self, dead: DeadFeatures, every_steps: int, seed: int):
         self.dead, self.every_steps, self.seed = dead, every_steps, seed
+
+    @staticmethod
+    def _global(trainer, rows: torch.Tensor) -> torch.Tensor:
+        if trainer.world_size == 1:
+            return rows
+        return trainer.strategy.all_gather(rows).flatten(0, 1)  # [world, batch/world, d] -> the global batch
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -86,21 +102,16 @@ class Resample(L.Callback):
             if d.supports_auxk or dead is None or not dead.any():
                 continue
             dead = dead.to(d.W_enc.device)
-            x, t, y = batch[d.cfg.input_site], batch[d.cfg.target_site], outputs["outs"][key].y
-            error = (t - y).pow(2).sum(-1)
+            x = self._global(trainer, batch[d.cfg.input_site])
+            residual = self._global(trainer, batch[d.cfg.target_site] - outputs["outs"][key].y)
+            error = residual.pow(2).sum(-1)
             gen = torch.Generator(device=error.device).manual_seed(self.seed * 1_000_003 + step)
             rows = torch.multinomial(error / error.sum(), int(dead.sum()), replacement=True, generator=gen)
-            alive = ~dead
-            enc_norm = d.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
-            dec_norm = d.W_dec[alive].norm(dim=1).mean() if alive.any() else torch.tensor(0.1)
-            d.W_dec[dead] = torch.nn.functional.normalize(t[rows] - y[rows], dim=-1) * dec_norm
-            d.W_enc[:, dead] = (torch.nn.functional.normalize(x[rows], dim=-1) * 0.2 * enc_norm).T
-            d.b_enc[dead] = 0.0
-            for param, index in ((d.W_dec, dead), (d.W_enc, (slice(None), dead)), (d.b_enc, dead)):
+            for param, index in d.restart_(dead, x, residual, rows):
                 for moment in optimizer.state.get(param, {}).values():
                     if torch.is_tensor(moment) and moment.shape == param.shape:
                         moment[index] = 0.0
-            self.dead.since[key][dead.to(self.dead.since[key].device)] = 0
+            self.dead.restarted(key, dead)
 
 
 class Throughput(L.Callback):
@@ -203,7 +214,8 @@ class MemberReports(L.Callback):
     def summary(self, key: str, step: int) -> dict[str, float]:
         recent = self.recent[key]
         out = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]} if recent else {}
-        return {**out, "dead_fraction": self.dead.fraction(key), "tokens": step * self.batch_size,
+        return {**out, "dead_fraction": self.dead.fraction(key), "resampled_features": self.dead.restarts.get(key, 0),
+                "tokens": step * self.batch_size,
                 "steps": step, "tokens_per_second": self.throughput.tokens_per_second,
                 "resumed_from_step": self.resumed_from_step}
 
