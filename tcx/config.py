@@ -146,9 +146,10 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
-    from tcx.circuits.config import CircuitConfig
+    from tcx.circuits.config import CircuitConfig, QualityConfig
 
     cs.store(name="circuit_schema", node=CircuitConfig)
+    cs.store(name="quality_schema", node=QualityConfig)
     from tcx.features.config import FeaturesConfig, StudyConfig
 
     cs.store(name="features_schema", node=FeaturesConfig)

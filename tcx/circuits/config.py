@@ -56,13 +56,9 @@ class SearchConfig:
 
 
 @dataclass
-class CircuitConfig:
-    """The primary config of `tcx-circuit`."""
+class GraphConfig:
+    """What every attribution graph needs, whichever command builds it."""
 
-    transcoders: Any = MISSING
-    """A sweep dir, run dirs, a glob, or folders in another tool's format: at most one per layer.
-    Layers without one keep their real MLP (a fixed input in the graph, like an error node)."""
-    prompt: str = MISSING
     target: TargetConfig = field(default_factory=TargetConfig)
     model: str | None = None
     """A conf/model option, for folders that do not name a model tcx knows."""
@@ -76,8 +72,6 @@ class CircuitConfig:
     batch_size: int = 64
     """Backward passes per batch when computing the graph's rows."""
     prune: PruneConfig = field(default_factory=PruneConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    card_top: int = 8
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -86,3 +80,44 @@ class CircuitConfig:
         for key in ("replay_dtype", "model_dtype"):
             if getattr(self, key) not in (None, *DTYPES):
                 raise ValueError(f"{key} must be one of {DTYPES}, got '{getattr(self, key)}'.")
+
+
+@dataclass
+class CircuitConfig(GraphConfig):
+    """The primary config of `tcx-circuit`."""
+
+    transcoders: Any = MISSING
+    """A sweep dir, run dirs, a glob, or folders in another tool's format: at most one per layer.
+    Layers without one keep their real MLP (a fixed input in the graph, like an error node)."""
+    prompt: str = MISSING
+    search: SearchConfig = field(default_factory=SearchConfig)
+    card_top: int = 8
+
+
+@dataclass
+class QualityConfig(GraphConfig):
+    """`tcx-circuit quality`: the circuits each run makes on a fixed prompt set, and how alike the
+    circuits of runs at the same layer are."""
+
+    runs: Any = MISSING
+    """Sweep dirs, run dirs or globs: each transcoder is scored alone at its layer."""
+    prompts: list[str] = MISSING
+    """The fixed prompt set; every run is scored on the same prompts and target."""
+    max_feature_nodes: int = 512
+    """Rows per graph: enough for the scores, cheap enough for a sweep."""
+    context: Any = None
+    """Transcoders held fixed at the other layers (e.g. an all-layers sweep); layers with neither
+    keep their real MLP, which counts as unexplained."""
+    share: float = 0.8
+    """`circuit_nodes80`: how many feature nodes hold this share of the features' influence."""
+    match_cosine: float = 0.7
+    """Stability: a feature matches its nearest feature of the other run by decoder cosine, if at least this."""
+    out_dir: str | None = None
+    """Where circuit_quality.json/.png go (default: the Hydra run dir)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], got {self.share}.")
+        if not -1.0 <= self.match_cosine <= 1.0:
+            raise ValueError(f"match_cosine must be in [-1, 1], got {self.match_cosine}.")

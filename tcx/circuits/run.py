@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from tcx.circuits.cards import Cards
-from tcx.circuits.config import CircuitConfig, TargetConfig
+from tcx.circuits.config import CircuitConfig, GraphConfig, TargetConfig
 from tcx.circuits.direct import Direct
 from tcx.circuits.graph import AttributionGraph, attribute
 from tcx.circuits.nodes import Node
@@ -24,6 +24,8 @@ from tcx.circuits.write import graph_document, path_document, write_feature_file
 from tcx.errors import ConfigError
 from tcx.io import write_json, write_text
 from tcx.runs import open_runs
+from tcx.runs.open import OpenedRuns
+from tcx.runs.record import OpenedDictionary
 
 
 def prompt_tokens(lm: Any, prompt: str) -> torch.Tensor:
@@ -48,17 +50,36 @@ def resolve_target(rm: ReplacementModel, t: TargetConfig) -> Target:
     return direction_target(rm, t.path, t.hook, t.pos)
 
 
-def run_circuit(cfg: CircuitConfig, out_dir: str | Path) -> dict[str, Any]:
-    out_dir, started = Path(out_dir), time.time()
-    sources_given = [cfg.transcoders] if isinstance(cfg.transcoders, str) else list(cfg.transcoders)
-    runs = open_runs(sources_given, model=cfg.model)
-    if cfg.model_dtype:
-        runs.model_dtype = cfg.model_dtype
-    rm = ReplacementModel.build(runs.lm, runs.dictionaries, prompt_tokens(runs.lm, cfg.prompt),
+class Built(NamedTuple):
+    """One prompt's attribution graph and what it was computed from."""
+
+    rm: ReplacementModel
+    target: Target
+    sources: Sources
+    graph: AttributionGraph
+
+
+def build_graph(lm: Any, dictionaries: list[OpenedDictionary], prompt: str, cfg: GraphConfig) -> Built:
+    """The replacement model of `prompt` with `dictionaries` at their layers, and its graph."""
+    rm = ReplacementModel.build(lm, dictionaries, prompt_tokens(lm, prompt),
                                 getattr(torch, cfg.replay_dtype) if cfg.replay_dtype else None, cfg.replay_rtol)
     target = resolve_target(rm, cfg.target)
     sources = Sources(rm)
-    graph = attribute(rm, target, cfg.max_feature_nodes, cfg.batch_size, cfg.progress, sources)
+    return Built(rm, target, sources, attribute(rm, target, cfg.max_feature_nodes, cfg.batch_size, cfg.progress,
+                                                sources))
+
+
+def open_for_graphs(paths: list[str | Path], cfg: GraphConfig) -> OpenedRuns:
+    runs = open_runs(paths, model=cfg.model)
+    if cfg.model_dtype:
+        runs.model_dtype = cfg.model_dtype
+    return runs
+
+
+def run_circuit(cfg: CircuitConfig, out_dir: str | Path) -> dict[str, Any]:
+    out_dir, started = Path(out_dir), time.time()
+    runs = open_for_graphs([cfg.transcoders] if isinstance(cfg.transcoders, str) else list(cfg.transcoders), cfg)
+    rm, target, sources, graph = build_graph(runs.lm, runs.dictionaries, cfg.prompt, cfg)
     pruned = prune_graph(graph, cfg.prune.node_threshold, cfg.prune.edge_threshold)
     graph_scores = scores(graph.adjacency, graph.target_weights, [n.kind for n in graph.nodes])
     paths = search(Direct(rm, sources), target, graph.nodes[-1], cfg.search.num_iters,

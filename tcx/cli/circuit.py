@@ -5,17 +5,24 @@
         target.token=5 target.other=2 search.num_iters=3 search.num_branches=15
     tcx-circuit transcoders=... prompt="..." target.kind=feature target.layer=4 target.index=12 target.pos=7
     tcx-circuit transcoders=... prompt="..." target.kind=direction target.path=probe.pt target.pos=mean
+    tcx-circuit quality runs=<sweep dir> 'prompts=["...", "..."]' target...   # circuits across a sweep
 
-Writes graph.json (circuit-tracer's schema), graph.safetensors, paths.txt, paths.json, circuit.html,
+`quality` scores every run's circuits on a fixed prompt set and compares the runs at each layer
+(circuit_quality.json; the scores go to each run's metrics.json for tcx-compare).
+A circuit writes graph.json (circuit-tracer's schema), graph.safetensors, paths.txt, paths.json, circuit.html,
 paths.html, circuit.png and summary.json under the Hydra run dir.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from tcx.circuits.quality import COLUMNS
 from tcx.cli.common import CONF_DIR, report_errors, validated
 from tcx.config import register_configs
 
@@ -24,7 +31,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="circuit")
 @report_errors
-def main(cfg: DictConfig) -> None:
+def circuit(cfg: DictConfig) -> None:
     from tcx.circuits.run import run_circuit
 
     out = run_circuit(validated(cfg, ("target", "prune", "search")), HydraConfig.get().runtime.output_dir)
@@ -39,6 +46,42 @@ def main(cfg: DictConfig) -> None:
     print((out["out_dir"] / "paths.txt").read_text())
     for name in ("graph.json", "circuit.html", "circuit.png", "paths.txt", "paths.html", "graph.safetensors"):
         print(f"wrote {out['out_dir'] / name}")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="circuit_quality")
+@report_errors
+def quality(cfg: DictConfig) -> None:
+    from tcx.circuits.quality import circuit_quality
+    from tcx.compare.table import as_text
+
+    settings = validated(cfg, ("target", "prune"))
+    out = Path(settings.out_dir or HydraConfig.get().runtime.output_dir)
+    doc = circuit_quality(settings, out)
+    print(f"\n{len(doc['runs'])} runs x {len(doc['prompts'])} prompts ({doc['tokens']:,} tokens), target "
+          f"{doc['target']}, {doc['seconds']:.0f} s")
+    varied = sorted({k for p in doc["pairs"] for k in p["differs"]})
+    rows = [{"run": Path(r["run"]).name, "layer": r["layer"], **{k: r["setting"].get(k) for k in varied},
+             **{k.removeprefix("circuit_"): r.get(k) for k in COLUMNS}} for r in doc["runs"]]
+    print(as_text(rows, ["run", "layer", *varied, *(k.removeprefix("circuit_") for k in COLUMNS)]))
+    if doc["pairs"]:
+        groups: dict[str, list[dict]] = {}
+        for p in doc["pairs"]:
+            groups.setdefault(" + ".join(p["differs"]) or "nothing", []).append(p)
+        mean = lambda ps, k: sum(p[k] for p in ps if p[k] is not None) / max(1, sum(p[k] is not None for p in ps))  # noqa: E731
+        print(f"\npairs of runs at one layer, by what differs (features matched by decoder cosine >= "
+              f"{doc['match_cosine']}; every pair is in circuit_quality.json):")
+        print(as_text([{"differs": k, "pairs": len(ps), "node_overlap": mean(ps, "node_overlap"),
+                        "edge_rank_corr": mean(ps, "edge_rank_correlation")} for k, ps in sorted(groups.items())],
+                      ["differs", "pairs", "node_overlap", "edge_rank_corr"]))
+    print(f"wrote {out / 'circuit_quality.json'}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "quality":
+        sys.argv = [sys.argv[0], *sys.argv[2:]]
+        quality()
+    else:
+        circuit()
 
 
 if __name__ == "__main__":

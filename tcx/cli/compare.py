@@ -16,7 +16,9 @@ from tcx.compare.gather import gather
 from tcx.compare.page import page
 from tcx.compare.plots import curves, frontier
 from tcx.compare.table import (
+    CIRCUITS,
     INTERPRETABILITY,
+    LOWER_IS_BETTER,
     SHOWN,
     as_text,
     check_metric,
@@ -55,15 +57,15 @@ def run(argv: list[str]) -> int:
     rows = rank(keep(runs.rows, args.filter), by)
     out = Path(args.out or (args.paths[0] if Path(args.paths[0]).is_dir() else "."))
     labels = varied(rows)
-    scored = [k for k in INTERPRETABILITY if any(k in r for r in rows)]  # after tcx-features
+    scored = [k for k in INTERPRETABILITY + CIRCUITS if any(k in r for r in rows)]  # after tcx-features/-circuit
     columns = ["run", *SHOWN, *scored, *[k for k in labels if k not in SHOWN]]
     print(as_text([{**r, "run": Path(r["run"]).name} for r in rows], columns))
     for directory, why in runs.skipped.items():
         print(f"left out {directory}: {why}")
     write_csv(rows, out / "compare.csv")
     images = []
-    for y in ("recovered_mean", "fvu"):
-        if frontier(rows, y, labels, out / f"frontier_{y}.png"):
+    for y in ("recovered_mean", "fvu", "circuit_explained", "circuit_nodes80"):
+        if frontier(rows, y, labels, out / f"frontier_{y}.png", higher=y not in LOWER_IS_BETTER):
             images.append(out / f"frontier_{y}.png")
     if curves(rows, out / "curves.png"):
         images.append(out / "curves.png")

@@ -68,7 +68,7 @@ def read(directory: Path) -> dict[str, Any]:
         raise ValueError(f"metrics.json lacks {missing}")
     params = {f"dictionary.{k}": v for k, v in (config.get("dictionary") or {}).items() if k != "_target_"}
     return {"run": str(directory), "model": config.get("model", {}).get("name"), "layer": config.get("layer"),
-            "kind": kind_of(config), "group": config.get("group"), **params,
+            "kind": kind_of(config), "group": config.get("group"), "seed": config.get("seed"), **params,
             **{k: v for k, v in metrics.items() if isinstance(v, int | float | str)}}
 
 

@@ -36,7 +36,7 @@ def pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[tu
     return front
 
 
-def frontier(rows: list[dict[str, Any]], y: str, labels: list[str], path: Path) -> bool:
+def frontier(rows: list[dict[str, Any]], y: str, labels: list[str], path: Path, higher: bool = True) -> bool:
     """L0 (log x) against `y`, one series per model and kind, each point labelled by what varied."""
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -46,7 +46,6 @@ def frontier(rows: list[dict[str, Any]], y: str, labels: list[str], path: Path) 
         return False
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
-    higher = y not in ("fvu", "mse")
     colors = plt.get_cmap("tab20").colors
     for i, (name, points) in enumerate(sorted(series.items())):
         xs, ys = [p["l0"] for p in points], [p[y] for p in points]

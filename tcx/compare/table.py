@@ -11,12 +11,15 @@ from typing import Any
 from tcx.errors import ConfigError
 from tcx.io import write_text
 
-LOWER_IS_BETTER = {"l0", "fvu", "mse", "dead_fraction", "dense_fraction", "kl", "loss_spliced", "loss"}
+LOWER_IS_BETTER = {"l0", "fvu", "mse", "dead_fraction", "dense_fraction", "kl", "loss_spliced", "loss",
+                   "circuit_nodes80"}
 OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
        ">": operator.gt}
 INTERPRETABILITY = ["detection", "fuzzing", "context_free"]
 """Mean automatic scores `tcx-features` adds to a run's metrics.json (higher: more interpretable;
 context_free: the share of activation variance the token alone explains)."""
+CIRCUITS = ["circuit_explained", "circuit_nodes80", "circuit_replacement", "circuit_completeness", "circuit_stability"]
+"""What `tcx-circuit quality` adds (tcx/circuits/quality.py): circuit scores on a fixed prompt set."""
 SHOWN = ["kind", "model", "layer", "l0", "fvu", "recovered_mean", "recovered_zero", "dead_fraction", "tokens"]
 
 

@@ -1,0 +1,167 @@
+"""Circuits across a sweep: how readable each run's circuits are on a fixed prompt set, and how
+stable a prompt's circuit is between runs at the same layer (two seeds, two widths).
+
+Each run is scored alone at its layer, with the `context` transcoders at the other layers (real
+MLPs where there are none), on the same prompts and target. Per run, averaged over the prompts:
+
+    circuit_explained     the share of its MLP's influence on the target that goes through its
+                          features with rows, not its error (or the `pruned` remainder of
+                          features past `max_feature_nodes`): the replacement score of one layer
+    circuit_nodes80       how many of its features hold `share` (0.8) of its features' influence
+                          on the target (its focus): fewer is a circuit one can read
+    circuit_replacement   the whole graph's replacement score (prune.py), and
+    circuit_completeness  its completeness: these also count the other layers (context, real MLPs)
+    circuit_stability     mean node overlap of the focus (stability.py) with the runs that differ
+                          from it by the seed alone, when there are any
+
+tcx runs get these in their metrics.json (so `tcx-compare` shows and plots them); every pair of
+runs at one layer is written to circuit_quality.json with what differs between them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tcx.circuits.config import QualityConfig
+from tcx.circuits.prune import influence, normalised, scores
+from tcx.circuits.run import build_graph, open_for_graphs
+from tcx.circuits.stability import Circuit, compare, decoder_matches
+from tcx.errors import ConfigError
+from tcx.evaluation.run import merge_eval, read_json
+from tcx.io import write_json
+from tcx.runs.record import OpenedDictionary
+
+COLUMNS = ("circuit_explained", "circuit_nodes80", "circuit_replacement", "circuit_completeness", "circuit_stability")
+"""What `tcx-circuit quality` adds to a run's metrics.json."""
+
+
+def focus(node_influence: Float[Tensor, " node"], candidates: Bool[Tensor, " node"],
+          share: float) -> Bool[Tensor, " node"]:
+    """The fewest `candidates` whose influence adds up to `share` of all candidates' influence."""
+    values = node_influence.abs() * candidates
+    ordered = values.sort(descending=True)
+    total = float(ordered.values.sum())
+    chosen = torch.zeros_like(candidates)
+    if total > 0:
+        n = int(torch.searchsorted(ordered.values.cumsum(0), share * total * (1 - 1e-9))) + 1
+        chosen[ordered.indices[: min(n, int(candidates.sum()))]] = True
+    return chosen
+
+
+def explained(node_influence: Float[Tensor, " node"], kinds: list[str], layers: list[int | None], layer: int) -> float:
+    """At `layer`: feature nodes' influence over that of features, error and pruned remainder."""
+    at = torch.tensor([lyr == layer for lyr in layers])
+    share = {k: float(node_influence[at & torch.tensor([x == k for x in kinds])].sum())
+             for k in ("feature", "error", "pruned")}
+    total = sum(share.values())
+    return share["feature"] / total if total > 0 else 0.0
+
+
+def describe(d: OpenedDictionary) -> dict[str, Any]:
+    """What sets a run apart from another at its layer: its dictionary config, width and seed."""
+    return {**{k: v for k, v in (d.meta.get("config") or {}).items() if k not in ("d_sae", "expansion_factor")},
+            "kind": d.meta.get("kind"), "d_sae": d.dictionary.d_sae, "seed": d.meta.get("seed")}
+
+
+def _differs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list]:
+    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def score_run(lm, run: OpenedDictionary, context: list[OpenedDictionary], cfg: QualityConfig,
+              bar: tqdm | None = None) -> tuple[dict[str, Any], list[Circuit]]:
+    """One run on every prompt: its averaged scores, per-prompt numbers, and the circuits."""
+    placed = [run, *(c for c in context if c.layer != run.layer)]
+    per_prompt, circuits = [], []
+    for prompt in cfg.prompts:
+        started = time.perf_counter()
+        built = build_graph(lm, placed, prompt, cfg)
+        graph = built.graph
+        kinds, layers = [n.kind for n in graph.nodes], [n.layer for n in graph.nodes]
+        node_influence = influence(normalised(graph.adjacency), graph.target_weights)
+        mine = torch.tensor([k == "feature" and lyr == run.layer for k, lyr in zip(kinds, layers, strict=True)])
+        held = focus(node_influence, mine, cfg.share)
+        graph_scores = scores(graph.adjacency, graph.target_weights, kinds)
+        per_prompt.append({
+            "prompt": prompt, "tokens": len(built.rm.tokens), "target": built.target.label,
+            "target_value": built.target.value, "explained": explained(node_influence, kinds, layers, run.layer),
+            "nodes80": int(held.sum()), "replacement": graph_scores["replacement"],
+            "completeness": graph_scores["completeness"],
+            "active_features": int(built.rm.codes[run.layer].z.gt(0).sum()),
+            "seconds": round(time.perf_counter() - started, 2)})
+        circuits.append(Circuit(graph.nodes, graph.adjacency.float(), held))
+        if bar is not None:
+            bar.update()
+    mean = lambda key: sum(p[key] for p in per_prompt) / len(per_prompt)  # noqa: E731
+    summary = {"circuit_explained": mean("explained"), "circuit_nodes80": mean("nodes80"),
+               "circuit_replacement": mean("replacement"), "circuit_completeness": mean("completeness")}
+    return {"run": str(run.source), "layer": run.layer, "setting": describe(run), **summary,
+            "seconds": sum(p["seconds"] for p in per_prompt), "prompts": per_prompt}, circuits
+
+
+def compare_runs(a: OpenedDictionary, b: OpenedDictionary, ca: list[Circuit], cb: list[Circuit],
+                 threshold: float) -> dict[str, Any]:
+    """Two runs at one layer, prompt by prompt, features matched by decoder cosine."""
+    layer = a.layer
+
+    def matches(x: OpenedDictionary, y: OpenedDictionary, circuits: list[Circuit]) -> dict[int, int]:
+        rows = sorted({n.index for c in circuits for n in c.focus_nodes()})
+        return decoder_matches(x.dictionary.W_dec.detach(), y.dictionary.W_dec.detach(),
+                               torch.tensor(rows, dtype=torch.long), threshold)
+
+    a_to_b, b_to_a = matches(a, b, ca), matches(b, a, cb)
+    each = [compare(x, y, layer, a_to_b, b_to_a) for x, y in zip(ca, cb, strict=True)]
+    rhos = [e["edge_rank_correlation"] for e in each if e["edge_rank_correlation"] is not None]
+    return {"a": str(a.source), "b": str(b.source), "layer": layer, "differs": _differs(describe(a), describe(b)),
+            "node_overlap": sum(e["node_overlap"] for e in each) / len(each),
+            "edge_rank_correlation": sum(rhos) / len(rhos) if rhos else None, "prompts": each}
+
+
+def circuit_quality(cfg: QualityConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Score every run under `cfg.runs`, compare the runs at each layer pairwise, write the results."""
+    if not cfg.prompts:
+        raise ConfigError("prompts= is empty: give the fixed prompt set, e.g. 'prompts=[\"The war lasted from "
+                          "1735 to 1790\", ...]'.")
+    started = time.perf_counter()
+    listed = lambda v: [] if v is None else [v] if isinstance(v, str) else list(v)  # noqa: E731
+    given, context_paths = listed(cfg.runs), listed(cfg.context)
+    opened = open_for_graphs(given + context_paths, cfg)  # one model for all
+    context_sources = {str(d.source) for d in open_for_graphs(context_paths, cfg).dictionaries} if context_paths \
+        else set()
+    runs = [d for d in opened.dictionaries if str(d.source) not in context_sources]
+    context = [d for d in opened.dictionaries if str(d.source) in context_sources]
+    if not runs:
+        raise ConfigError(f"no transcoders under runs={given}.")
+    bar = tqdm(total=len(runs) * len(cfg.prompts), desc="circuits", unit="graph", disable=not cfg.progress)
+    cfg_quiet = dataclasses.replace(cfg, progress=False)
+    results, circuits = [], {}
+    for run in runs:
+        result, circuits[str(run.source)] = score_run(opened.lm, run, context, cfg_quiet, bar)
+        results.append(result)
+    bar.close()
+    by_source = {str(d.source): d for d in runs}
+    pairs = [compare_runs(by_source[a["run"]], by_source[b["run"]], circuits[a["run"]], circuits[b["run"]],
+                          cfg.match_cosine)
+             for a, b in combinations(results, 2) if a["layer"] == b["layer"]]
+    for r in results:
+        replicas = [p["node_overlap"] for p in pairs if r["run"] in (p["a"], p["b"]) and list(p["differs"]) == ["seed"]]
+        if replicas:
+            r["circuit_stability"] = sum(replicas) / len(replicas)
+    for run, r in zip(runs, results, strict=True):
+        if run.format == "tcx" and (run.source / "metrics.json").is_file():
+            write_json(run.source / "metrics.json",
+                       merge_eval(read_json(run.source / "metrics.json"), {k: r[k] for k in COLUMNS if k in r}))
+    doc = {"prompts": list(cfg.prompts), "target": results[0]["prompts"][0]["target"] if results else None,
+           "context": [str(d.source) for d in context], "share": cfg.share, "match_cosine": cfg.match_cosine,
+           "runs": results, "pairs": pairs, "seconds": time.perf_counter() - started,
+           "tokens": sum(p["tokens"] for p in results[0]["prompts"]) * len(results)}
+    write_json(Path(out_dir) / "circuit_quality.json", doc)
+    return doc
