@@ -77,6 +77,28 @@ def test_bank_members_match_solo_runs(make_cfg, tmp_path):
     assert not torch.equal(first, last)
 
 
+def test_a_faster_learning_threshold_keeps_banks_equal_to_solo_runs(make_cfg, tmp_path):
+    """JumpReLU's log θ learns at threshold_lr_scale x the lr (its own optimiser group); a bank
+    holding it still gives every member its solo weights, and the other kinds one plain group."""
+    from tcx.training.module import DictionaryBank
+    from tests.test_zoo import kind
+
+    relu, jump = kind(make_cfg, "transcoder"), kind(make_cfg, "jumprelu")
+    bank = DictionaryBank({"relu": relu, "jump": jump}, torch.optim.Adam, 1e-3, None)
+    plain, fast = bank.param_groups()
+    assert fast["lr"] == pytest.approx(1e-3 * jump.cfg.threshold_lr_scale) and jump.cfg.threshold_lr_scale > 1
+    assert fast["params"] == [jump.log_threshold] and len(plain["params"]) == len(list(bank.parameters())) - 1
+    assert len(DictionaryBank({"relu": relu}, torch.optim.Adam, 1e-3, None).param_groups()) == 1
+    short = ["trainer.max_tokens=8192", "trainer.eval_tokens=0"]
+    # a member naming another kind starts from that kind's YAML, without the experiment's expansion_factor 4
+    train(make_cfg(*short, "bank=[{name: relu}, {dictionary: jumprelu, name: jump, expansion_factor: 4}]"),
+          tmp_path / "bank")
+    train(make_cfg(*short, "dictionary=jumprelu"), tmp_path / "solo")
+    banked, alone = weights(tmp_path / "bank" / "jump"), weights(tmp_path / "solo")
+    for k in alone:
+        assert torch.equal(banked[k], alone[k]), k
+
+
 EVERY_KIND = ("bank=[{name: relu}, {dictionary: sae, name: sae}, {dictionary: topk, k: 8, name: topk},"
               " {dictionary: batchtopk, k: 8, name: batchtopk}, {dictionary: jumprelu, name: jumprelu},"
               " {dictionary: gated, name: gated}, {dictionary: skip_transcoder, k: 8, name: skip}]")

@@ -248,10 +248,11 @@ def test_batchtopk_is_evaluated_with_its_threshold_on_rows(make_cfg, tmp_path):
     torch.testing.assert_close(spliced, d.reconstruct(acts.reshape(-1, 16)).reshape(4, 10, 16))
 
 
-def test_the_default_jumprelu_on_minilm_fires_nearly_every_feature(make_cfg, tmp_path):
-    # with θ fixed at 0.4 (~4σ of MiniLM's normalised pre-activations) 93% never fired in 300 steps
-    cfg = make_cfg("dictionary=jumprelu", "trainer.max_tokens=102400", "trainer.dead_window_tokens=102400",
+def test_the_default_jumprelu_on_minilm_is_alive_and_sparse(make_cfg, tmp_path):
+    # θ fixed at 0.4 (~4σ of MiniLM's normalised pre-activations): 93% never fired in 300 steps; θ
+    # from the data but learning at the lr: every feature fired, L0 1,213 of 3,072 after 300k tokens
+    cfg = make_cfg("dictionary=jumprelu", "trainer.max_tokens=300000", "trainer.dead_window_tokens=300000",
                    "trainer.eval_tokens=0", "logger=csv", smoke=False)
     train(cfg, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["tokens"] == 102_400 and metrics["dead_fraction"] <= 0.10, metrics
+    assert metrics["dead_fraction"] <= 0.10 and metrics["l0"] < 200 and metrics["fvu"] < 0.3, metrics

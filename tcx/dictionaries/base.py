@@ -166,6 +166,10 @@ class Dictionary(nn.Module):
             self.target_scale.copy_((self.d_out / target.pow(2).sum(-1).mean()).sqrt())
         self.b_dec.copy_(target.mean(0) * self.target_scale)
 
+    def lr_scales(self) -> dict[str, float]:
+        """Parameters (by name) that learn at a multiple of the run's lr; the rest learn at the lr."""
+        return {}
+
     @torch.no_grad()
     def restart_(self, dead: Bool[Tensor, " d_sae"], x: Float[Tensor, "batch d_in"],
                  residual: Float[Tensor, "batch d_out"], rows: Int[Tensor, " dead"]) -> list[tuple[nn.Parameter, Any]]:

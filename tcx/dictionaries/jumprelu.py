@@ -32,11 +32,17 @@ class JumpReLUConfig(DictionaryConfig):
     """Start each θ_i at the quantile of feature i's pre-activations on the first training buffer
     above which it fires on this share of rows. A feature that never fires gets no gradient, and a
     fixed θ lands wherever the data's scale puts it (0.4 is ~4σ out on MiniLM: 93% never fired)."""
+    threshold_lr_scale: float = 30.0
+    """log θ learns at this multiple of the lr. Adam moves log θ by about lr per step, while the
+    encoder's MSE gradient grows the pre-activations much faster: at 1 the default on MiniLM ended
+    at L0 1,213 of 3,072 after 300k tokens; at 10, 482; at 30, 44 (FVU 0.21); at 100, 11."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.l0_coeff < 0:
             raise ConfigError(f"l0_coeff must be non-negative, got {self.l0_coeff}.")
+        if self.threshold_lr_scale <= 0:
+            raise ConfigError(f"threshold_lr_scale must be positive, got {self.threshold_lr_scale}.")
         if self.bandwidth <= 0 or self.init_threshold <= 0:
             raise ConfigError("bandwidth and init_threshold must be positive.")
         if self.init_firing_rate is not None and not 0 < self.init_firing_rate < 1:
@@ -89,6 +95,9 @@ class JumpReLUDictionary(Dictionary):
     def __init__(self, cfg: JumpReLUConfig, d_in: int, d_out: int, seed: int = 0):
         super().__init__(cfg, d_in, d_out, seed)
         self.log_threshold = nn.Parameter(torch.full((self.d_sae,), math.log(cfg.init_threshold)))
+
+    def lr_scales(self) -> dict[str, float]:
+        return {"log_threshold": self.cfg.threshold_lr_scale}
 
     @property
     def threshold(self) -> Float[Tensor, " d_sae"]:

@@ -96,6 +96,11 @@ def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Pat
         try:
             kind = overrides.pop("dictionary", None)
             base = group_option("dictionary", kind) if kind else cfg.dictionary
+            unknown = sorted(set(overrides) - set(base))
+            if unknown:
+                raise ConfigError(f"bank[{i}] ('{name}'): {', '.join(unknown)} is not a field of "
+                                  f"{base['_target_'].rsplit('.', 1)[-1]}; its fields: "
+                                  f"{', '.join(k for k in base if k != '_target_')}.")
             node = OmegaConf.merge(base, overrides)
             solo = OmegaConf.merge(cfg, {"bank": [], "tags": [*cfg.tags, name]})
             solo.dictionary = node

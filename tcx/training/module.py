@@ -71,7 +71,18 @@ class DictionaryBank(L.LightningModule):
         for member in self.members.values():
             member.after_optimizer_step()
 
+    def param_groups(self) -> list[dict]:
+        """One group at the lr (every parameter, in order, when no kind scales any: the layout
+        checkpoints hold), then one per lr multiple a kind asks for (`Dictionary.lr_scales`)."""
+        scaled: dict[int, float] = {id(m.get_parameter(name)): scale for m in self.members.values()
+                                    for name, scale in m.lr_scales().items() if scale != 1.0}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in scaled]}]
+        for scale in sorted(set(scaled.values())):
+            groups.append({"params": [p for p in self.parameters() if scaled.get(id(p)) == scale],
+                           "lr": self.lr * scale})
+        return groups
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters(), lr=self.lr)
+        optimizer = self.optimizer_factory(self.param_groups(), lr=self.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule.lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
