@@ -118,7 +118,8 @@ def sweep(tmp_path_factory, cache_dir):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[
             "experiment=smoke", f"cache_dir={cache_dir}", "trainer.progress_bar=false", "trainer.max_tokens=16384",
-            "trainer.eval_tokens=2048", "layer=0", "bank=[{l1_coeff: 0.1, name: a}, {l1_coeff: 1.0, name: b}]"])
+            "trainer.eval_tokens=2048", "layer=0", "bank=[{l1_coeff: 0.1, name: a}, {l1_coeff: 1.0, name: b},"
+            " {dictionary: sae, name: sae}]"])
     train(cfg, root / "0")
     replica = root / "0" / "a-seed1"
     shutil.copytree(root / "0" / "a", replica)
@@ -142,7 +143,8 @@ def test_quality_command_scores_a_sweep_and_tcx_compare_shows_it(sweep, tmp_path
                           capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads((tmp_path / "q" / "circuit_quality.json").read_text())
-    assert len(doc["runs"]) == 3 and len(doc["pairs"]) == 3
+    assert len(doc["runs"]) == 3 and len(doc["pairs"]) == 3 and doc["skipped_saes"] == [str(sweep / "0" / "sae")]
+    assert "circuit_explained" not in json.loads((sweep / "0" / "sae" / "metrics.json").read_text())
     pair = next(p for p in doc["pairs"] if {p["a"], p["b"]} == {str(sweep / "0" / "a"), str(sweep / "0" / "a-seed1")})
     assert pair["differs"] == {"seed": [0, 1]} or pair["differs"] == {"seed": [1, 0]}
     assert pair["node_overlap"] == 1.0 and pair["edge_rank_correlation"] == pytest.approx(1.0, abs=1e-6)

@@ -136,10 +136,13 @@ def circuit_quality(cfg: QualityConfig, out_dir: str | Path) -> dict[str, Any]:
     opened = open_for_graphs(given + context_paths, cfg)  # one model for all
     context_sources = {str(d.source) for d in open_for_graphs(context_paths, cfg).dictionaries} if context_paths \
         else set()
-    runs = [d for d in opened.dictionaries if str(d.source) not in context_sources]
+    given_runs = [d for d in opened.dictionaries if str(d.source) not in context_sources]
+    runs = [d for d in given_runs if d.is_transcoder]  # an SAE replaces no MLP: it has no circuit of its own
+    skipped = [str(d.source) for d in given_runs if not d.is_transcoder]
     context = [d for d in opened.dictionaries if str(d.source) in context_sources]
     if not runs:
-        raise ConfigError(f"no transcoders under runs={given}.")
+        raise ConfigError(f"no transcoders under runs={given} (circuits need dictionaries that replace an MLP"
+                          f"{'; the SAEs there are left out' if skipped else ''}).")
     bar = tqdm(total=len(runs) * len(cfg.prompts), desc="circuits", unit="graph", disable=not cfg.progress)
     cfg_quiet = dataclasses.replace(cfg, progress=False)
     results, circuits = [], {}
@@ -161,7 +164,7 @@ def circuit_quality(cfg: QualityConfig, out_dir: str | Path) -> dict[str, Any]:
                        merge_eval(read_json(run.source / "metrics.json"), {k: r[k] for k in COLUMNS if k in r}))
     doc = {"prompts": list(cfg.prompts), "target": results[0]["prompts"][0]["target"] if results else None,
            "context": [str(d.source) for d in context], "share": cfg.share, "match_cosine": cfg.match_cosine,
-           "runs": results, "pairs": pairs, "seconds": time.perf_counter() - started,
+           "runs": results, "pairs": pairs, "skipped_saes": skipped, "seconds": time.perf_counter() - started,
            "tokens": sum(p["tokens"] for p in results[0]["prompts"]) * len(results)}
     write_json(Path(out_dir) / "circuit_quality.json", doc)
     return doc
