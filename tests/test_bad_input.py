@@ -38,6 +38,19 @@ def test_bad_dictionary_values_name_the_key(make_cfg, tmp_path, override, key):
         train(make_cfg(override), tmp_path)
 
 
+def test_a_bank_member_field_is_checked_against_its_kind(make_cfg, tmp_path):
+    """A misspelt field fails that member alone, naming it and the kind's fields; a field its YAML
+    leaves to the dataclass default (normalize) may still be set."""
+    from tcx.training.members import plan_members
+
+    members, failures = plan_members(make_cfg("bank=[{normalize: false, name: raw}, {l1_coef: 1.0, name: typo},"
+                                              " {dictionary: topk, normalise: false, name: topk}]"), tmp_path)
+    assert [m.name for m in members] == ["raw"] and members[0].cfg.normalize is False
+    assert "l1_coef is not a field of ReLUConfig" in failures[tmp_path / "typo"]
+    assert "normalise is not a field of TopKConfig" in failures[tmp_path / "topk"]
+    assert "l1_coeff" in failures[tmp_path / "typo"] and "normalize" in failures[tmp_path / "topk"]
+
+
 def test_bad_trainer_type_fails_at_compose_naming_the_key(make_cfg):
     with pytest.raises(HydraException, match=r"trainer\.batch_size"):
         make_cfg("trainer.batch_size=abc")

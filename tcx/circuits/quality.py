@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from tcx.circuits.config import QualityConfig
 from tcx.circuits.prune import influence, normalised, scores
+from tcx.circuits.replacement import SUPPORTED
 from tcx.circuits.run import build_graph, open_for_graphs
 from tcx.circuits.stability import Circuit, compare, decoder_matches
 from tcx.errors import ConfigError
@@ -64,6 +65,11 @@ def explained(node_influence: Float[Tensor, " node"], kinds: list[str], layers: 
              for k in ("feature", "error", "pruned")}
     total = sum(share.values())
     return share["feature"] / total if total > 0 else 0.0
+
+
+def ident(d: OpenedDictionary) -> str:
+    """A run's name in the results: its folder, and its layer where one folder holds several layers."""
+    return str(d.source) if d.format == "tcx" else f"{d.source}#L{d.layer}"
 
 
 def describe(d: OpenedDictionary) -> dict[str, Any]:
@@ -103,7 +109,7 @@ def score_run(lm, run: OpenedDictionary, context: list[OpenedDictionary], cfg: Q
     mean = lambda key: sum(p[key] for p in per_prompt) / len(per_prompt)  # noqa: E731
     summary = {"circuit_explained": mean("explained"), "circuit_nodes80": mean("nodes80"),
                "circuit_replacement": mean("replacement"), "circuit_completeness": mean("completeness")}
-    return {"run": str(run.source), "layer": run.layer, "setting": describe(run), **summary,
+    return {"run": ident(run), "layer": run.layer, "setting": describe(run), **summary,
             "seconds": sum(p["seconds"] for p in per_prompt), "prompts": per_prompt}, circuits
 
 
@@ -120,7 +126,7 @@ def compare_runs(a: OpenedDictionary, b: OpenedDictionary, ca: list[Circuit], cb
     a_to_b, b_to_a = matches(a, b, ca), matches(b, a, cb)
     each = [compare(x, y, layer, a_to_b, b_to_a) for x, y in zip(ca, cb, strict=True)]
     rhos = [e["edge_rank_correlation"] for e in each if e["edge_rank_correlation"] is not None]
-    return {"a": str(a.source), "b": str(b.source), "layer": layer, "differs": _differs(describe(a), describe(b)),
+    return {"a": ident(a), "b": ident(b), "layer": layer, "differs": _differs(describe(a), describe(b)),
             "node_overlap": sum(e["node_overlap"] for e in each) / len(each),
             "edge_rank_correlation": sum(rhos) / len(rhos) if rhos else None, "prompts": each}
 
@@ -133,24 +139,30 @@ def circuit_quality(cfg: QualityConfig, out_dir: str | Path) -> dict[str, Any]:
     started = time.perf_counter()
     listed = lambda v: [] if v is None else [v] if isinstance(v, str) else list(v)  # noqa: E731
     given, context_paths = listed(cfg.runs), listed(cfg.context)
-    opened = open_for_graphs(given + context_paths, cfg)  # one model for all
-    context_sources = {str(d.source) for d in open_for_graphs(context_paths, cfg).dictionaries} if context_paths \
-        else set()
-    given_runs = [d for d in opened.dictionaries if str(d.source) not in context_sources]
-    runs = [d for d in given_runs if d.is_transcoder]  # an SAE replaces no MLP: it has no circuit of its own
-    skipped = [str(d.source) for d in given_runs if not d.is_transcoder]
-    context = [d for d in opened.dictionaries if str(d.source) in context_sources]
+    opened = open_for_graphs(given, cfg)
+    context = open_for_graphs(context_paths, cfg).dictionaries if context_paths else []
+    names = {opened.model_config["name"], *(d.meta.get("model") or opened.model_config["name"] for d in context)}
+    if len(names) > 1:
+        raise ConfigError(f"context={context_paths} holds transcoders of another model than runs= ({sorted(names)}).")
+    runs, skipped = [], {}
+    for d in opened.dictionaries:
+        activation = d.dictionary.activation().name
+        if not d.is_transcoder:
+            skipped[ident(d)] = "an SAE: it replaces no MLP"
+        elif activation not in SUPPORTED:
+            skipped[ident(d)] = f"a {activation} dictionary: its edges are undefined (circuits take {SUPPORTED})"
+        else:
+            runs.append(d)
     if not runs:
-        raise ConfigError(f"no transcoders under runs={given} (circuits need dictionaries that replace an MLP"
-                          f"{'; the SAEs there are left out' if skipped else ''}).")
+        raise ConfigError(f"no transcoder under runs={given} that circuits can use; left out: {skipped}.")
     bar = tqdm(total=len(runs) * len(cfg.prompts), desc="circuits", unit="graph", disable=not cfg.progress)
     cfg_quiet = dataclasses.replace(cfg, progress=False)
     results, circuits = [], {}
     for run in runs:
-        result, circuits[str(run.source)] = score_run(opened.lm, run, context, cfg_quiet, bar)
+        result, circuits[ident(run)] = score_run(opened.lm, run, context, cfg_quiet, bar)
         results.append(result)
     bar.close()
-    by_source = {str(d.source): d for d in runs}
+    by_source = {ident(d): d for d in runs}
     pairs = [compare_runs(by_source[a["run"]], by_source[b["run"]], circuits[a["run"]], circuits[b["run"]],
                           cfg.match_cosine)
              for a, b in combinations(results, 2) if a["layer"] == b["layer"]]
@@ -158,13 +170,13 @@ def circuit_quality(cfg: QualityConfig, out_dir: str | Path) -> dict[str, Any]:
         replicas = [p["node_overlap"] for p in pairs if r["run"] in (p["a"], p["b"]) and list(p["differs"]) == ["seed"]]
         if replicas:
             r["circuit_stability"] = sum(replicas) / len(replicas)
-    for run, r in zip(runs, results, strict=True):
+    for run, r in zip(runs, results, strict=True):  # a column this scoring has no value for is cleared
         if run.format == "tcx" and (run.source / "metrics.json").is_file():
             write_json(run.source / "metrics.json",
-                       merge_eval(read_json(run.source / "metrics.json"), {k: r[k] for k in COLUMNS if k in r}))
+                       merge_eval(read_json(run.source / "metrics.json"), {k: r.get(k) for k in COLUMNS}))
     doc = {"prompts": list(cfg.prompts), "target": results[0]["prompts"][0]["target"] if results else None,
            "context": [str(d.source) for d in context], "share": cfg.share, "match_cosine": cfg.match_cosine,
-           "runs": results, "pairs": pairs, "skipped_saes": skipped, "seconds": time.perf_counter() - started,
+           "runs": results, "pairs": pairs, "skipped": skipped, "seconds": time.perf_counter() - started,
            "tokens": sum(p["tokens"] for p in results[0]["prompts"]) * len(results)}
     write_json(Path(out_dir) / "circuit_quality.json", doc)
     return doc

@@ -73,8 +73,8 @@ def quality(cfg: DictConfig) -> None:
         print(as_text([{"differs": k, "pairs": len(ps), "node_overlap": mean(ps, "node_overlap"),
                         "edge_rank_corr": mean(ps, "edge_rank_correlation")} for k, ps in sorted(groups.items())],
                       ["differs", "pairs", "node_overlap", "edge_rank_corr"]))
-    if doc["skipped_saes"]:
-        print(f"left out {len(doc['skipped_saes'])} SAEs (no MLP to replace): {', '.join(doc['skipped_saes'])}")
+    for name, why in doc["skipped"].items():
+        print(f"left out {name}: {why}")
     print(f"wrote {out / 'circuit_quality.json'}")
 
 

@@ -99,8 +99,8 @@ class Resample(L.Callback):
         optimizer = trainer.optimizers[0]
         for key, d in pl_module.members.items():
             dead = self.dead.mask(key)
-            if d.supports_auxk or dead is None or not dead.any():
-                continue
+            if d.supports_auxk or key not in outputs["outs"] or dead is None or not dead.any():
+                continue  # (a retired member has no output)
             dead = dead.to(d.W_enc.device)
             x = self._global(trainer, batch[d.cfg.input_site])
             residual = self._global(trainer, batch[d.cfg.target_site] - outputs["outs"][key].y)

@@ -7,11 +7,11 @@ is that solo run's config: `dictionary` replaced by the member's, `bank` empty.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tcx.config import build_node, compose_train
@@ -96,12 +96,13 @@ def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Pat
         try:
             kind = overrides.pop("dictionary", None)
             base = group_option("dictionary", kind) if kind else cfg.dictionary
-            unknown = sorted(set(overrides) - set(base))
+            known = [f.name for f in fields(get_class(base["_target_"]))]
+            unknown = sorted(set(overrides) - set(known))
             if unknown:
                 raise ConfigError(f"bank[{i}] ('{name}'): {', '.join(unknown)} is not a field of "
-                                  f"{base['_target_'].rsplit('.', 1)[-1]}; its fields: "
-                                  f"{', '.join(k for k in base if k != '_target_')}.")
-            node = OmegaConf.merge(base, overrides)
+                                  f"{base['_target_'].rsplit('.', 1)[-1]}; its fields: {', '.join(known)}.")
+            # unlocked: a field its YAML leaves to the dataclass default (normalize) may be set too
+            node = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(base)), overrides)
             solo = OmegaConf.merge(cfg, {"bank": [], "tags": [*cfg.tags, name]})
             solo.dictionary = node
             members.append(Member(name, run_dir / name, build_node(node, f"bank[{i}]"), solo))
