@@ -18,6 +18,11 @@ register_configs()
 
 SMOKE = ["experiment=smoke"]
 
+ONCE_IN_CI = pytest.mark.skipif(os.environ.get("TCX_REQUIRE_PEERS") == "1",
+                                reason="does not depend on the transformer-lens version: CI's first phase ran it")
+"""For slow tests of what transformer-lens does not touch (packaging, DDP, training dynamics):
+CI's second phase (transformer-lens 3.9 with the peers, TCX_REQUIRE_PEERS=1) leaves them to the first."""
+
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:

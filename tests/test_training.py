@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from tcx.training.run import train
+from tests.conftest import ONCE_IN_CI
 
 REQUIRED_METRICS = {"l0", "fvu", "mse", "dead_fraction", "tokens", "tokens_per_second"}
 
@@ -168,6 +169,7 @@ def test_a_bank_may_mix_dictionary_kinds(make_cfg, tmp_path):
 RESAMPLING = ["dictionary.l1_coeff=3.0", "trainer.dead_window_tokens=2048", "trainer.resample_every_n_tokens=4096"]
 
 
+@ONCE_IN_CI
 @pytest.mark.parametrize("extra", [["dictionary.l1_coeff=0.1"], RESAMPLING], ids=["plain", "resampling"])
 def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, cache_dir, extra):
     """Global batches are the same as one process's; with resampling, the rows dead features restart

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ONCE_IN_CI
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("TCX_REQUIRE_PEERS") == "1",  # CI's second phase: the first ran it
-                    reason="packaging does not depend on the transformer-lens version")
+@ONCE_IN_CI
 def test_the_smoke_experiment_runs_from_an_installed_wheel(tmp_path, cache_dir):
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     source = tmp_path / "src"  # a copy: building writes build/ and egg-info beside the sources
