@@ -8,6 +8,9 @@ from typing import Any
 from omegaconf import MISSING
 
 TARGET_KINDS = ("logit", "logit_diff", "feature", "direction")
+QUALITY_COLUMNS = ("circuit_explained", "circuit_nodes80", "circuit_replacement", "circuit_completeness",
+                   "circuit_stability")
+"""What `tcx-circuit quality` (quality.py) adds to a run's metrics.json, and tcx-compare shows."""
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 

@@ -31,7 +31,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tcx.circuits.config import QualityConfig
+from tcx.circuits.config import QUALITY_COLUMNS, QualityConfig
 from tcx.circuits.prune import influence, normalised, scores
 from tcx.circuits.replacement import SUPPORTED
 from tcx.circuits.run import build_graph, open_for_graphs
@@ -40,9 +40,6 @@ from tcx.errors import ConfigError
 from tcx.evaluation.run import merge_eval, read_json
 from tcx.io import write_json
 from tcx.runs.record import OpenedDictionary
-
-COLUMNS = ("circuit_explained", "circuit_nodes80", "circuit_replacement", "circuit_completeness", "circuit_stability")
-"""What `tcx-circuit quality` adds to a run's metrics.json."""
 
 
 def focus(node_influence: Float[Tensor, " node"], candidates: Bool[Tensor, " node"],
@@ -173,8 +170,8 @@ def circuit_quality(cfg: QualityConfig, out_dir: str | Path) -> dict[str, Any]:
     for run, r in zip(runs, results, strict=True):  # a column this scoring has no value for is cleared
         if run.format == "tcx" and (run.source / "metrics.json").is_file():
             write_json(run.source / "metrics.json",
-                       merge_eval(read_json(run.source / "metrics.json"), {k: r.get(k) for k in COLUMNS}))
-    doc = {"prompts": list(cfg.prompts), "target": results[0]["prompts"][0]["target"] if results else None,
+                       merge_eval(read_json(run.source / "metrics.json"), {k: r.get(k) for k in QUALITY_COLUMNS}))
+    doc = {"prompts": list(cfg.prompts), "target": results[0]["prompts"][0]["target"],
            "context": [str(d.source) for d in context], "share": cfg.share, "match_cosine": cfg.match_cosine,
            "runs": results, "pairs": pairs, "skipped": skipped, "seconds": time.perf_counter() - started,
            "tokens": sum(p["tokens"] for p in results[0]["prompts"]) * len(results)}

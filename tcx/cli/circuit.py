@@ -22,7 +22,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tcx.circuits.quality import COLUMNS
+from tcx.circuits.config import QUALITY_COLUMNS
 from tcx.cli.common import CONF_DIR, report_errors, validated
 from tcx.config import register_configs
 
@@ -61,8 +61,8 @@ def quality(cfg: DictConfig) -> None:
           f"{doc['target']}, {doc['seconds']:.0f} s")
     varied = sorted({k for p in doc["pairs"] for k in p["differs"]})
     rows = [{"run": Path(r["run"]).name, "layer": r["layer"], **{k: r["setting"].get(k) for k in varied},
-             **{k.removeprefix("circuit_"): r.get(k) for k in COLUMNS}} for r in doc["runs"]]
-    print(as_text(rows, ["run", "layer", *varied, *(k.removeprefix("circuit_") for k in COLUMNS)]))
+             **{k.removeprefix("circuit_"): r.get(k) for k in QUALITY_COLUMNS}} for r in doc["runs"]]
+    print(as_text(rows, ["run", "layer", *varied, *(k.removeprefix("circuit_") for k in QUALITY_COLUMNS)]))
     if doc["pairs"]:
         groups: dict[str, list[dict]] = {}
         for p in doc["pairs"]:

@@ -8,6 +8,7 @@ import operator
 import re
 from typing import Any
 
+from tcx.circuits.config import QUALITY_COLUMNS
 from tcx.errors import ConfigError
 from tcx.io import write_text
 
@@ -18,8 +19,8 @@ OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.n
 INTERPRETABILITY = ["detection", "fuzzing", "context_free"]
 """Mean automatic scores `tcx-features` adds to a run's metrics.json (higher: more interpretable;
 context_free: the share of activation variance the token alone explains)."""
-CIRCUITS = ["circuit_explained", "circuit_nodes80", "circuit_replacement", "circuit_completeness", "circuit_stability"]
-"""What `tcx-circuit quality` adds (tcx/circuits/quality.py): circuit scores on a fixed prompt set."""
+CIRCUITS = list(QUALITY_COLUMNS)
+"""What `tcx-circuit quality` adds: circuit scores on a fixed prompt set."""
 SHOWN = ["kind", "model", "layer", "l0", "fvu", "recovered_mean", "recovered_zero", "dead_fraction", "tokens"]
 
 
