@@ -114,6 +114,9 @@ class TrainConfig:
     optimizer: Any = MISSING
     lr: float = 1e-3
     seed: int = 0
+    resume: bool = True
+    """Resume from `<run dir>/checkpoints/last.ckpt` if there is one; false starts afresh, moving the
+    old `checkpoints/` aside to `checkpoints.old-<time>/`."""
     cache_dir: str = MISSING
     """Where tokenised corpora are cached between runs."""
     run_name: str = MISSING

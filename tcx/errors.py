@@ -28,3 +28,11 @@ class CheckpointError(TcxError):
 
 class NonFiniteLossError(TcxError):
     """Training produced NaN/inf; the last good checkpoint is kept."""
+
+
+class OutOfSpaceError(TcxError):
+    """The disk (or a quota) filled while writing; the file keeps its previous content."""
+
+
+class RunDirBusyError(TcxError):
+    """Another live process is training in the same run dir."""

@@ -8,6 +8,7 @@ killed mid-write therefore never leaves a truncated file for the next run to tri
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -16,7 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from tcx.errors import ConfigError
+from tcx.errors import ConfigError, OutOfSpaceError
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file-size limit
+
+
+def _out_of_space(e: BaseException, folder: Path) -> bool:
+    """An OSError, or safetensors' Rust error (the errno only in its text), or any error while the disk
+    is full: torch's zip writer turns ENOSPC into "unexpected pos"."""
+    return (getattr(e, "errno", None) in _FULL or any(f"(os error {n})" in str(e) for n in _FULL)
+            or shutil.disk_usage(folder).free < 1 << 20)
 
 
 @contextlib.contextmanager
@@ -29,9 +39,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = isinstance(e, Exception) and _out_of_space(e, path.parent)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if full:
+            reason = e if isinstance(e, OSError) else "no space left on device"
+            raise OutOfSpaceError(
+                f"cannot write {path}: {reason}. The half-written temp file was removed and {path.name} keeps "
+                f"its previous content{'' if path.exists() else ' (it had none)'}; nothing else was lost. "
+                "Free some space (or raise the quota) and run the same command again: a training run "
+                "resumes from its last complete checkpoint.") from None
         raise
 
 

@@ -20,8 +20,9 @@ SMOKE = ["experiment=smoke"]
 
 ONCE_IN_CI = pytest.mark.skipif(os.environ.get("TCX_REQUIRE_PEERS") == "1",
                                 reason="does not depend on the transformer-lens version: CI's first phase ran it")
-"""For slow tests of what transformer-lens does not touch (packaging, DDP, training dynamics):
-CI's second phase (transformer-lens 3.9 with the peers, TCX_REQUIRE_PEERS=1) leaves them to the first."""
+"""For slow tests of what transformer-lens does not touch (packaging, DDP, training dynamics, resume,
+the fault matrix): CI's second phase (transformer-lens 3.9 with the peers, TCX_REQUIRE_PEERS=1)
+leaves them to the first."""
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +41,17 @@ def make_cfg(cache_dir):
                                                "trainer.progress_bar=false", *overrides])
 
     return _make
+
+
+@pytest.fixture
+def slurm():
+    """A SLURM cluster that answers: skipped without one, except in CI (.ci/run starts one)."""
+    from tcx.cli.sweep import slurm_answers
+
+    if not slurm_answers():
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the SLURM tests: `scripts/slurm-local.sh up` did not leave a cluster")
+        pytest.skip("no SLURM here (sinfo does not answer); scripts/slurm-local.sh up starts one")
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

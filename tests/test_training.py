@@ -108,10 +108,11 @@ UNIT_DECODERS = ("topk", "batchtopk", "skip")
 
 def _cli(run_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "tcx.cli.train", "experiment=smoke", f"hydra.run.dir={run_dir}",
-            f"cache_dir={cache_dir}", "trainer.max_tokens=131072", "trainer.checkpoint_every_n_steps=16",
+            f"cache_dir={cache_dir}", "trainer.max_tokens=65536", "trainer.checkpoint_every_n_steps=16",
             "trainer.progress_bar=false", "trainer.eval_tokens=0", EVERY_KIND, *extra]
 
 
+@ONCE_IN_CI
 def test_sigkill_then_resume_gives_identical_weights_for_every_kind(tmp_path, cache_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     killed = tmp_path / "killed"
@@ -125,7 +126,7 @@ def test_sigkill_then_resume_gives_identical_weights_for_every_kind(tmp_path, ca
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     saved = torch.load(ckpt, weights_only=False)
-    assert 0 < saved["global_step"] < 128 and not (killed / "relu" / "dictionary.safetensors").exists()
+    assert 0 < saved["global_step"] < 64 and not (killed / "relu" / "dictionary.safetensors").exists()
     for name in UNIT_DECODERS:  # the checkpoint holds the renormalised rows the next step starts from
         norms = saved["state_dict"][f"members.{name}.W_dec"].norm(dim=1)
         assert torch.allclose(norms, torch.ones_like(norms), atol=1e-6), name
@@ -140,7 +141,7 @@ def test_sigkill_then_resume_gives_identical_weights_for_every_kind(tmp_path, ca
         a, b = weights(killed / member), weights(straight / member)
         for k in a:
             assert torch.equal(a[k], b[k]), (member, k)
-        assert json.loads((killed / member / "metrics.json").read_text())["tokens"] == 131072
+        assert json.loads((killed / member / "metrics.json").read_text())["tokens"] == 65536
 
 
 def test_wandb_offline_gives_each_bank_member_its_own_run(make_cfg, tmp_path, monkeypatch):

@@ -6,7 +6,9 @@
     tcx-sweep sweeps/smoke.yaml sweep.pack=false                  # one job per point
 
 Points that differ only in `dictionary.*` share one job and one pass of the model (a bank).
-Writes <sweep dir>/sweep.json; exits 1 if any point failed.
+Writes <sweep dir>/sweep.json; exits 1 if any point failed. Rerun with `hydra.sweep.dir=<that dir>`
+to finish a sweep that was cancelled or failed in part: finished points return at once (no model
+load), stopped ones resume from their checkpoints.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ def run(argv: list[str]) -> int:
                           "its message is above. Nothing was left running.")
     summary = collect(sweep_dir, spec.name, jobs(spec))
     print_summary(summary)
+    if summary["failed"]:
+        print(f"\nTo finish the {summary['failed']} unfinished point(s) run the same command with "
+              f"hydra.sweep.dir={sweep_dir}: finished points are not trained again, stopped ones resume "
+              "from their checkpoints.")
     return 1 if summary["failed"] or not summary["points"] else 0
 
 

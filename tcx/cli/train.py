@@ -23,7 +23,7 @@ from tcx.io import write_json
 
 register_configs()
 
-_NOT_TAGS = {"bank", "group", "cache_dir", "experiment", "trainer.progress_bar"}
+_NOT_TAGS = {"bank", "group", "cache_dir", "experiment", "trainer.progress_bar", "resume"}
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -39,6 +39,8 @@ def collect(sweep_dir: Path, name: str, expected_jobs: int) -> dict[str, Any]:
             else:
                 err = point / "error.json" if (point / "error.json").is_file() else job / "error.json"
                 row.update(status="failed", error=json.loads(err.read_text())["error"] if err.is_file()
+                           else "stopped before the end (cancelled or killed); its checkpoint is kept, so "
+                           "rerunning the sweep resumes it" if (job / "checkpoints" / "last.ckpt").is_file()
                            else "no metrics.json was written (killed, or failed outside tcx): see the log")
             points.append(row)
     for missing in range(len(jobs), expected_jobs):

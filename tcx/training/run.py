@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tcx.config import TrainerConfig, build_node
@@ -25,8 +26,9 @@ from tcx.training.callbacks import (
     Resample,
     Throughput,
 )
-from tcx.training.checkpoint import AtomicCheckpointIO, resume_checkpoint
+from tcx.training.checkpoint import AtomicCheckpointIO, resume_checkpoint, tidy_run_dir
 from tcx.training.data import ActivationData
+from tcx.training.lock import run_dir_lock
 from tcx.training.members import plan_members
 from tcx.training.module import DictionaryBank
 from tcx.training.preemption import CheckpointOnSignal
@@ -116,14 +118,32 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
     corpus = build_node(cfg.data, "data")
     tcfg: TrainerConfig = OmegaConf.to_object(cfg.trainer)
     members, failures = plan_members(cfg, run_dir)
-    checkpoint = resume_checkpoint(run_dir)
-    if checkpoint is not None:  # only a checkpoint makes a resume; a run that failed earlier is redone
-        check_resume_config(run_dir, cfg)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    for directory, error in failures.items():
-        log.error("bank member %s not trained: %s", directory.name, error)
-        write_json(directory / "error.json", {"error": error})
+    with run_dir_lock(run_dir):  # a second process on this folder is refused, naming this one
+        if rank_zero_only.rank == 0:  # DDP's other ranks start later, into a folder rank 0 prepared
+            tidy_run_dir(run_dir, cfg.resume)
+        checkpoint = resume_checkpoint(run_dir)
+        if checkpoint is not None:  # only a checkpoint makes a resume; a run that failed earlier is redone
+            check_resume_config(run_dir, cfg)
+            if checkpoint[1] >= tcfg.max_steps and (done := finished_metrics(members)):
+                print(f"{run_dir} had already finished (step {checkpoint[1]}); its metrics:")
+                print_summary(members, done)
+                return done
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        for directory, error in failures.items():
+            log.error("bank member %s not trained: %s", directory.name, error)
+            write_json(directory / "error.json", {"error": error})
+        return fit(cfg, run_dir, spec, corpus, tcfg, members, checkpoint[0] if checkpoint else None)
 
+
+def finished_metrics(members) -> dict[str, dict[str, float]]:
+    """Every member's metrics.json, if each has one (a finished run); else {}."""
+    if not all((m.dir / "metrics.json").is_file() for m in members):
+        return {}
+    return {m.name: json.loads((m.dir / "metrics.json").read_text()) for m in members}
+
+
+def fit(cfg: DictConfig, run_dir: Path, spec, corpus, tcfg: TrainerConfig, members,
+        checkpoint: Path | None) -> dict[str, dict[str, float]]:
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     lm, hooks, windows = open_stream_inputs(spec, corpus, cfg, members, tcfg)
@@ -149,12 +169,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)  # the step is in metrics.json: resumed_from_step
     trainer.fit(bank, datamodule=data, ckpt_path=checkpoint)
-    final = reports.final
-    if not final and checkpoint is not None:  # the checkpoint was the last step: nothing was left to do
-        final = {m.name: json.loads((m.dir / "metrics.json").read_text())
-                 for m in members if (m.dir / "metrics.json").is_file()}
-        if trainer.is_global_zero:
-            print(f"{run_dir} had already finished (step {trainer.global_step}); its metrics:")
+    final = reports.final or finished_metrics(members)  # {} from reports: the checkpoint was the last step
     if trainer.is_global_zero:
         print_summary(members, final)
     return final
