@@ -90,3 +90,14 @@ def test_yaml_defaults_and_dataclass_defaults_agree():
         found += _disagreements(get_class(node["_target_"]), node, f"dictionary/{path.stem}",
                                 variant=("input_site", "target_site"))
     assert not found, "\n".join(found)
+
+
+def test_model_specs_saved_under_their_old_module_still_build(make_cfg):
+    """Each model kind is one module (hub, embedded, gguf, native); run dirs written before that name
+    `tcx.models.spec.<Kind>Spec` in their config.yaml and must still open."""
+    from tcx.models.native import NativeModelSpec
+
+    node = OmegaConf.to_container(make_cfg().model, resolve=True)
+    assert node["_target_"] == "tcx.models.native.NativeModelSpec"
+    old = build_node(OmegaConf.create({**node, "_target_": "tcx.models.spec.NativeModelSpec"}), "model")
+    assert type(old) is NativeModelSpec and old == build_node(OmegaConf.create(node), "model")

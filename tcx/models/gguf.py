@@ -20,13 +20,17 @@ import sys
 import tempfile
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+
+from omegaconf import MISSING
 
 from tcx.errors import ModelLoadError
 from tcx.io import atomic_dir
 from tcx.models.embedded import sha256
 from tcx.models.hub import boot
 from tcx.models.lm import LanguageModel
+from tcx.models.spec import ModelSpec
 
 MARKER = "tcx-converted.json"
 
@@ -102,3 +106,23 @@ def load_gguf(spec, device: str, dtype: str) -> LanguageModel:
     folder = ensure_folder(spec)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local
     return boot(str(folder), spec, device, dtype)
+
+
+@dataclass(kw_only=True)
+class GGUFModelSpec(ModelSpec):
+    """A causal LM shipped as a GGUF file inside a PyPI wheel, converted once into tcx's cache
+    (`tcx/models/gguf.py`); offline after the first use."""
+
+    package: str = MISSING
+    version: str = MISSING
+    gguf_member: str = MISSING
+    """Path of the .gguf file inside the wheel."""
+    gguf_sha256: str = MISSING
+    gguf_file: str | None = None
+    """A local copy of the GGUF instead of fetching the wheel (machines with no package index)."""
+    cache_dir: str = "~/.cache/tcx"
+    refetch: bool = False
+    """Rebuild the converted folder (after the cache was damaged)."""
+
+    def load(self, device: str = "cpu", dtype: str = "float32") -> LanguageModel:
+        return load_gguf(self, device, dtype)

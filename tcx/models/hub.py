@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 
 import torch
+from omegaconf import MISSING
 
 from tcx.errors import ModelLoadError
 from tcx.models.bridge import bridge_classes
@@ -36,3 +38,15 @@ def load_hub(spec, device: str, dtype: str) -> LanguageModel:
             "with a network (it is then cached), set model.path to a local copy, or use the "
             "embedded default that needs no network: model=minilm."
         ) from None
+
+
+@dataclass(kw_only=True)
+class HubModelSpec(ModelSpec):
+    """A Hugging Face model loaded through `TransformerBridge.boot_transformers` (needs a network
+    the first time, or a local path)."""
+
+    path: str = MISSING
+    revision: str | None = None
+
+    def load(self, device: str = "cpu", dtype: str = "float32") -> LanguageModel:
+        return load_hub(self, device, dtype)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from tcx.models.bridge import bridge_classes
 from tcx.models.lm import LanguageModel
-from tcx.models.spec import NativeModelSpec
+from tcx.models.spec import ModelSpec
 
 
 class ByteTokenizer:
@@ -33,3 +35,19 @@ def load_native(spec: NativeModelSpec, device: str, dtype: str) -> LanguageModel
     )
     bridge = TransformerBridge.boot_native(cfg, device=device, dtype=getattr(torch, dtype))
     return LanguageModel(bridge, spec, ByteTokenizer())
+
+
+@dataclass(kw_only=True)
+class NativeModelSpec(ModelSpec):
+    """A randomly initialised model built from its config alone (`boot_native`), seeded: for tests
+    and quick checks. Text is tokenised as UTF-8 bytes."""
+
+    d_head: int = 16
+    n_heads: int = 4
+    d_mlp: int = 256
+    d_vocab: int = 260
+    act_fn: str = "relu"
+    seed: int = 0
+
+    def load(self, device: str = "cpu", dtype: str = "float32") -> LanguageModel:
+        return load_native(self, device, dtype)

