@@ -116,10 +116,11 @@ def test_gated_paths_share_the_encoder(make_cfg):
 def test_auxk_trains_dead_latents_on_the_residual(make_cfg):
     d = kind(make_cfg, "topk", "dictionary.k=2", "dictionary.aux_k=4")
     x = torch.randn(128, 16, generator=GEN)
-    assert d(x, x).sparsity.item() == 0.0  # nothing dead yet
+    assert d(x, x).aux.item() == 0.0  # nothing dead yet
     d.dead[:10] = True
     out = d(x, x)
-    assert out.sparsity.item() > 0
+    assert out.aux.item() > 0 and out.sparsity.item() == 0  # AuxK is the aux loss, not a sparsity penalty
+    torch.testing.assert_close(out.loss, out.mse + d.cfg.aux_coeff * out.aux)
     out.loss.backward()
     assert d.W_enc.grad[:, :10].abs().sum() > 0
 
@@ -209,7 +210,8 @@ class Softplus(Dictionary):
         y = self.decode(z)
         mse = squared_error(y, target)
         l1 = z.abs().sum(-1).mean()
-        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1, mse, l1)
+        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1, mse, l1,
+                          aux=mse.new_zeros(()))  # no auxiliary loss
 '''
 
 

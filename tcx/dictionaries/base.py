@@ -27,11 +27,15 @@ class StepOutput(NamedTuple):
     z: Codes
     """Dense `[batch, d_sae]`, or `SparseCodes` where the step ran sparse (see sparse.py)."""
     loss: Float[Tensor, ""]
-    """What the optimiser minimises: mse + sparsity_scale * coefficient * sparsity."""
+    """What the optimiser minimises: mse + sparsity_scale * coefficient * sparsity + the weighted aux."""
     mse: Float[Tensor, ""]
     """Squared error summed over output dims, averaged over rows."""
     sparsity: Float[Tensor, ""]
-    """The unweighted sparsity penalty (0 for kinds that have none)."""
+    """The unweighted sparsity penalty: L1 (ReLU, gated's gate), L0 (JumpReLU); 0 for the TopK
+    family, whose sparsity is k."""
+    aux: Float[Tensor, ""]
+    """The unweighted auxiliary loss that `loss` also holds: TopK's AuxK (dead latents on the
+    residual), gated's reconstruction through the gate; 0 for kinds that have none."""
 
 
 @dataclass(kw_only=True)

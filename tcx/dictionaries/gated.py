@@ -72,4 +72,4 @@ class GatedDictionary(Dictionary):
         gate_act = pi_gate.relu()
         l1 = (gate_act * self.W_dec.norm(dim=1)).sum(-1).mean()
         aux = squared_error(gate_act @ self.W_dec.detach() + self.b_dec.detach(), target)
-        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1 + aux, mse, l1)
+        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1 + aux, mse, l1, aux)

@@ -92,7 +92,7 @@ class TopKDictionary(Dictionary):
         mse = squared_error(y, target)
         aux = (self.aux_loss(x, pre, (target - y).detach(), self.dead) if self.training
                else mse.new_zeros(()))
-        return StepOutput(y, z, mse + self.cfg.aux_coeff * aux, mse, aux)
+        return StepOutput(y, z, mse + self.cfg.aux_coeff * aux, mse, mse.new_zeros(()), aux)
 
     def select(self, pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         """Which pre-activations fire: the family's one difference (TopK: each row's k largest)."""

@@ -198,7 +198,7 @@ class MemberReports(L.Callback):
         for key, out in outputs["outs"].items():
             member = pl_module.members[key]
             target = batch[member.cfg.target_site]
-            row = {"loss": out.loss, "mse": metrics.mse(out.y, target), "sparsity": out.sparsity,
+            row = {"loss": out.loss, "mse": metrics.mse(out.y, target), "sparsity": out.sparsity, "aux": out.aux,
                    "l0": metrics.l0(out.z), "fvu": metrics.fvu(out.y, target)}
             self.recent[key].append({k: float(v) for k, v in row.items()})
             if len(self.members) <= 4:
