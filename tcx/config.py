@@ -120,6 +120,9 @@ class TrainConfig:
     cache_dir: str = MISSING
     """Where tokenised corpora are cached between runs."""
     run_name: str = MISSING
+    experiment: str | None = None
+    """The conf/experiment/ chosen, which its YAML records: a bank member naming another kind
+    composes that kind with the same experiment (and its conf/tuning/), as a solo run would."""
     group: str | None = None
     """Groups runs in W&B (tcx-sweep sets it to the sweep's name)."""
     tags: list[str] = field(default_factory=list)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from tcx.training.run import train
@@ -78,6 +79,18 @@ def test_bank_members_match_solo_runs(make_cfg, tmp_path):
     assert not torch.equal(first, last)
 
 
+@pytest.mark.parametrize("kind", ["sae", "jumprelu", "gated"])
+def test_a_member_of_another_kind_is_configured_as_its_solo_run(make_cfg, tmp_path, kind):
+    """Under experiment=smoke, `{dictionary: <kind>}` in a bank gets what `dictionary=<kind>` gets:
+    the experiment's expansion_factor 4 and conf/tuning/smoke-<kind>.yaml, not the bare kind's YAML."""
+    from tcx.training.members import plan_members
+
+    (member,), _ = plan_members(make_cfg(f"bank=[{{dictionary: {kind}, name: m}}]"), tmp_path)
+    solo = make_cfg(f"dictionary={kind}").dictionary
+    assert OmegaConf.to_container(member.config.dictionary) == OmegaConf.to_container(solo)
+    assert member.cfg.expansion_factor == 4
+
+
 def test_a_faster_learning_threshold_keeps_banks_equal_to_solo_runs(make_cfg, tmp_path):
     """JumpReLU's log θ learns at threshold_lr_scale x the lr (its own optimiser group); a bank
     holding it still gives every member its solo weights, and the other kinds one plain group."""
@@ -91,9 +104,7 @@ def test_a_faster_learning_threshold_keeps_banks_equal_to_solo_runs(make_cfg, tm
     assert fast["params"] == [jump.log_threshold] and len(plain["params"]) == len(list(bank.parameters())) - 1
     assert len(DictionaryBank({"relu": relu}, torch.optim.Adam, 1e-3, None).param_groups()) == 1
     short = ["trainer.max_tokens=8192", "trainer.eval_tokens=0"]
-    # a member naming another kind starts from that kind's YAML, without the experiment's expansion_factor 4
-    train(make_cfg(*short, "bank=[{name: relu}, {dictionary: jumprelu, name: jump, expansion_factor: 4}]"),
-          tmp_path / "bank")
+    train(make_cfg(*short, "bank=[{name: relu}, {dictionary: jumprelu, name: jump}]"), tmp_path / "bank")
     train(make_cfg(*short, "dictionary=jumprelu"), tmp_path / "solo")
     banked, alone = weights(tmp_path / "bank" / "jump"), weights(tmp_path / "solo")
     for k in alone:

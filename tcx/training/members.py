@@ -68,10 +68,11 @@ def _member_name(overrides: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
 
 
-def group_option(group: str, name: str) -> DictConfig:
-    """A config group option (conf/<group>/<name>.yaml, or one on hydra.searchpath) as a node."""
+def group_option(group: str, name: str, experiment: str | None = None) -> DictConfig:
+    """A config group option (conf/<group>/<name>.yaml, or one on hydra.searchpath) as a node, as
+    the run's experiment (and its tuning for that option) sets it."""
     try:
-        return compose_train([f"{group}={name}"])[group]
+        return compose_train([f"{group}={name}", *([f"experiment={experiment}"] if experiment else [])])[group]
     except ConfigError as e:
         raise ConfigError(f"bank: {e}") from None
 
@@ -79,7 +80,8 @@ def group_option(group: str, name: str) -> DictConfig:
 def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Path, str]]:
     """The members of this run: `dictionary` alone, or one per `bank` entry (each validated).
 
-    An entry overrides keys of `dictionary`, or, with `dictionary: <kind>`, of that group option.
+    An entry overrides keys of `dictionary`, or, with `dictionary: <kind>`, of that group option
+    under the run's experiment (what `dictionary=<kind> experiment=<it>` would give).
     In a bank of several, a member with an impossible value is returned among the failures
     (folder -> error) so the others still train; alone, it raises.
     """
@@ -95,7 +97,7 @@ def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Pat
         seen.add(key)
         try:
             kind = overrides.pop("dictionary", None)
-            base = group_option("dictionary", kind) if kind else cfg.dictionary
+            base = group_option("dictionary", kind, cfg.get("experiment")) if kind else cfg.dictionary
             known = [f.name for f in fields(get_class(base["_target_"]))]
             unknown = sorted(set(overrides) - set(known))
             if unknown:
