@@ -31,13 +31,13 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tcx import metrics_file
 from tcx.circuits.config import QUALITY_COLUMNS, QualityConfig
 from tcx.circuits.prune import influence, normalised, scores
 from tcx.circuits.replacement import SUPPORTED
 from tcx.circuits.run import build_graph, open_for_graphs
 from tcx.circuits.stability import Circuit, compare, decoder_matches
 from tcx.errors import ConfigError
-from tcx.evaluation.run import merge_eval, read_json
 from tcx.io import write_json
 from tcx.runs.record import OpenedDictionary
 
@@ -168,9 +168,8 @@ def circuit_quality(cfg: QualityConfig, out_dir: str | Path) -> dict[str, Any]:
         if replicas:
             r["circuit_stability"] = sum(replicas) / len(replicas)
     for run, r in zip(runs, results, strict=True):  # a column this scoring has no value for is cleared
-        if run.format == "tcx" and (run.source / "metrics.json").is_file():
-            write_json(run.source / "metrics.json",
-                       merge_eval(read_json(run.source / "metrics.json"), {k: r.get(k) for k in QUALITY_COLUMNS}))
+        if run.format == "tcx" and metrics_file.exists(run.source):
+            metrics_file.update(run.source, {k: r.get(k) for k in QUALITY_COLUMNS})
     doc = {"prompts": list(cfg.prompts), "target": results[0]["prompts"][0]["target"],
            "context": [str(d.source) for d in context], "share": cfg.share, "match_cosine": cfg.match_cosine,
            "runs": results, "pairs": pairs, "skipped": skipped, "seconds": time.perf_counter() - started,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import glob
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tcx import metrics_file
 from tcx.compare.wandb_log import find_log, read_wandb
 from tcx.errors import ConfigError
 
@@ -48,7 +48,7 @@ def kind_of(config: dict[str, Any]) -> str:
 def read(directory: Path) -> dict[str, Any]:
     """A run's config and metrics from config.yaml + metrics.json, or from its W&B log alone."""
     log = find_log(directory)
-    wandb_run = read_wandb(log) if log and not (directory / "metrics.json").is_file() else None
+    wandb_run = read_wandb(log) if log and not metrics_file.exists(directory) else None
     if (directory / "config.yaml").is_file():
         config = yaml.safe_load((directory / "config.yaml").read_text())
     elif wandb_run is not None:
@@ -59,8 +59,8 @@ def read(directory: Path) -> dict[str, Any]:
         raise ValueError("a bank's run dir (its members are the runs)")
     if wandb_run is not None:
         metrics = {k.removeprefix("final/"): v for k, v in wandb_run.summary.items() if k.startswith("final/")}
-    elif (directory / "metrics.json").is_file():
-        metrics = json.loads((directory / "metrics.json").read_text())
+    elif metrics_file.exists(directory):
+        metrics = metrics_file.read(directory)
     else:
         raise ValueError("no metrics.json (still running, or failed)")
     missing = [k for k in REQUIRED if k not in metrics]

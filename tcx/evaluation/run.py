@@ -7,25 +7,18 @@ training never sees.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from tcx import metrics_file
 from tcx.evaluation.fidelity import model_losses
 from tcx.evaluation.plots import density_histogram
 from tcx.evaluation.splice import ablation_hooks, splice_hooks, target_means
 from tcx.io import write_json
 from tcx.runs import Placed, open_runs
-
-TRAINING_KEYS = ("l0", "fvu", "mse")
-"""Keys both a training window and a held-out evaluation measure: held-out takes the plain name.
-`dead_fraction` is not one: it stays the training window's (no firing in `dead_window_tokens`, as
-the peers report it); the held-out count is `unfired_fraction`, features that never fired in
-`eval_tokens` held-out tokens, which counts a live feature of frequency 1/eval_tokens as
-unfired 37% of the time."""
 
 
 @dataclass
@@ -109,7 +102,7 @@ def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: i
     for d, row, freq in zip(opened.dictionaries, rows, frequencies, strict=True):
         if d.format == "tcx":  # a run dir: its own eval.json, and its metrics.json updated
             where, suffix = d.source, ""
-            write_json(where / "metrics.json", merge_eval(read_json(where / "metrics.json"), row))
+            metrics_file.update(where, row)
         else:  # another tool's folder: eval_<name>.json beside it (or in out_dir)
             where, suffix = Path(out_dir) if out_dir else d.source.parent, f"_{d.name}"
         results["dictionaries"][str(d.source) if d.format == "tcx" else d.name] = row
@@ -133,17 +126,3 @@ def fidelity(loss: dict[str, float], spliced: str, kind: str) -> dict[str, float
     if f"kl_{spliced}" in loss:
         out["kl"] = loss[f"kl_{spliced}"]
     return out
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def merge_eval(metrics: dict, row: dict) -> dict:
-    """Held-out numbers take the plain keys; training-window values move to `train_<key>`."""
-    merged = dict(metrics)
-    for key, value in row.items():
-        if key in merged and f"train_{key}" not in merged and key in TRAINING_KEYS:
-            merged[f"train_{key}"] = merged[key]
-        merged[key] = value
-    return merged

@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from tcx import metrics_file
 from tcx.errors import ConfigError
-from tcx.evaluation.run import merge_eval, read_json
 from tcx.features.collect import Batch, Reader, Scorer
 from tcx.features.config import FeaturesConfig
 from tcx.features.page import write_page
 from tcx.features.report import report
 from tcx.features.weights import TokenMaps
-from tcx.io import write_json, write_text
+from tcx.io import write_text
 from tcx.runs import open_runs
 
 SCORE_KEYS = ("detection", "fuzzing", "context_free", "scored_features")
@@ -80,8 +80,7 @@ def read_features(paths: list[str | Path], settings: FeaturesConfig, features: l
         if d.format == "tcx":
             where, suffix = d.source, "_selected" if features else ""
             if not features:
-                write_json(where / "metrics.json", merge_eval(read_json(where / "metrics.json"),
-                                                              {k: doc["summary"][k] for k in SCORE_KEYS}))
+                metrics_file.update(where, {k: doc["summary"][k] for k in SCORE_KEYS})
         else:
             where, suffix = Path(out_dir) if out_dir else d.source.parent, f"_{d.name}{'_selected' if features else ''}"
         text = json.dumps(doc, separators=(",", ":"))  # compact: tens of MB at 24k features

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tcx import metrics_file
 from tcx.io import write_json
 
 
@@ -23,7 +24,7 @@ def points_of(job: Path) -> list[Path]:
     """A packed job's points are its member folders; an unpacked job is one point."""
     members = [p for p in job.iterdir() if p.is_dir() and not p.name.startswith(".")
                and p.name not in ("checkpoints", "logs", "wandb")
-               and any((p / f).exists() for f in ("metrics.json", "error.json", "config.yaml"))]
+               and any((p / f).exists() for f in (metrics_file.NAME, "error.json", "config.yaml"))]
     return sorted(members) or [job]
 
 
@@ -34,8 +35,8 @@ def collect(sweep_dir: Path, name: str, expected_jobs: int) -> dict[str, Any]:
         log = job_log(job, sweep_dir)
         for point in points_of(job):
             row: dict[str, Any] = {"dir": str(point), "job": int(job.name), "log": str(log) if log else None}
-            if (point / "metrics.json").is_file():
-                row.update(status="done", metrics=json.loads((point / "metrics.json").read_text()))
+            if metrics_file.exists(point):
+                row.update(status="done", metrics=metrics_file.read(point))
             else:
                 err = point / "error.json" if (point / "error.json").is_file() else job / "error.json"
                 row.update(status="failed", error=json.loads(err.read_text())["error"] if err.is_file()

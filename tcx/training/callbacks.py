@@ -9,9 +9,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from tcx import metrics_file
 from tcx.evaluation import metrics
 from tcx.evaluation.plots import density_histogram
-from tcx.evaluation.run import merge_eval
 from tcx.io import write_json
 from tcx.training.members import Member
 from tcx.training.outputs import write_member_outputs
@@ -233,7 +233,7 @@ class MemberReports(L.Callback):
             summary |= {"model_tokens": stream.model_rows, "model_seconds": round(stream.model_seconds, 1)}
             if key in held_out:
                 row, frequency = held_out[key]
-                summary = merge_eval(summary, row)
+                summary = metrics_file.merge(summary, row)
                 write_json(member.dir / "eval.json", row)
                 density_histogram(frequency, member.dir / "feature_density.png",
                                   f"{member.name}: L0 {row['l0']:.1f}")

@@ -6,9 +6,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from tcx import metrics_file
 from tcx.dictionaries.base import Dictionary
 from tcx.dictionaries.io import save_dictionary
-from tcx.io import write_json, write_text
+from tcx.io import write_text
 
 
 def write_member_outputs(member, dictionary: Dictionary, summary: dict[str, float],
@@ -17,4 +18,4 @@ def write_member_outputs(member, dictionary: Dictionary, summary: dict[str, floa
     save_dictionary(dictionary, member.dir, {**meta, "training_tokens": summary["tokens"],
                                              "input_hook": meta["hooks"][member.cfg.input_site],
                                              "target_hook": meta["hooks"][member.cfg.target_site]})
-    write_json(member.dir / "metrics.json", summary)
+    metrics_file.write(member.dir, summary)

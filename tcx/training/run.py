@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -13,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from tcx import metrics_file
 from tcx.config import TrainerConfig, build_node
 from tcx.data.windows import TokenWindows, load_windows
 from tcx.errors import ConfigError
@@ -137,9 +137,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
 
 def finished_metrics(members) -> dict[str, dict[str, float]]:
     """Every member's metrics.json, if each has one (a finished run); else {}."""
-    if not all((m.dir / "metrics.json").is_file() for m in members):
+    if not all(metrics_file.exists(m.dir) for m in members):
         return {}
-    return {m.name: json.loads((m.dir / "metrics.json").read_text()) for m in members}
+    return {m.name: metrics_file.read(m.dir) for m in members}
 
 
 def fit(cfg: DictConfig, run_dir: Path, spec, corpus, tcfg: TrainerConfig, members,
