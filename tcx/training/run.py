@@ -22,7 +22,8 @@ from tcx.training.callbacks import (
     AuxK,
     DeadFeatures,
     HeldOutEvaluation,
-    MemberReports,
+    MemberLogs,
+    MemberOutputs,
     Resample,
     Throughput,
 )
@@ -79,16 +80,18 @@ def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def make_callbacks(tcfg: TrainerConfig, members, hooks: dict[str, str], windows, meta: dict, run_dir: Path,
-                   seed: int) -> tuple[list[L.Callback], MemberReports]:
-    """Everything around the training step, one callback per idea; `reports` holds the results."""
+                   seed: int) -> tuple[list[L.Callback], MemberOutputs]:
+    """Everything around the training step, one callback per idea; `outputs.final` holds the results.
+    What one reads of another is handed to it here. Lightning calls them in list order (checkpoints
+    last): `dead` first, so the others read this step's count."""
     dead, throughput = DeadFeatures(tcfg.dead_window_tokens), Throughput(tcfg.batch_size)
     evaluation = (HeldOutEvaluation(members, hooks, windows, tcfg.eval_tokens, tcfg.eval_every_n_tokens,
                                     tcfg.batch_size) if tcfg.eval_tokens else None)
-    reports = MemberReports(members, dead, throughput, tcfg.batch_size, tcfg.log_every_n_steps,
-                            tcfg.metrics_window_steps, meta, evaluation)
+    logs = MemberLogs(members, dead, tcfg.batch_size, tcfg.log_every_n_steps, tcfg.metrics_window_steps)
+    outputs = MemberOutputs(logs, dead, throughput, tcfg.batch_size, meta, evaluation)
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=tcfg.checkpoint_every_n_steps,
                                   save_top_k=0, save_last=True, save_on_train_epoch_end=True)
-    callbacks: list[L.Callback] = [dead, throughput, reports, checkpoints,
+    callbacks: list[L.Callback] = [dead, throughput, logs, outputs, checkpoints,
                                    CheckpointOnSignal(run_dir / "checkpoints" / "last.ckpt")]
     if evaluation:
         callbacks.append(evaluation)
@@ -98,7 +101,7 @@ def make_callbacks(tcfg: TrainerConfig, members, hooks: dict[str, str], windows,
         callbacks.append(Resample(dead, max(1, tcfg.resample_every_n_tokens // tcfg.batch_size), seed))
     if tcfg.progress_bar:
         callbacks.append(TQDMProgressBar())
-    return callbacks, reports
+    return callbacks, outputs
 
 
 def open_stream_inputs(spec, corpus, cfg: DictConfig, members, tcfg: TrainerConfig
@@ -159,7 +162,7 @@ def fit(cfg: DictConfig, run_dir: Path, spec, corpus, tcfg: TrainerConfig, membe
     data = ActivationData(lm, windows, hooks, tcfg, cfg.seed, cfg.cache_dir)
 
     meta = {"model": spec.name, "layer": cfg.layer, "hooks": hooks, "seed": cfg.seed}
-    callbacks, reports = make_callbacks(tcfg, members, hooks, windows, meta, run_dir, cfg.seed)
+    callbacks, outputs = make_callbacks(tcfg, members, hooks, windows, meta, run_dir, cfg.seed)
     trainer = L.Trainer(
         max_steps=tcfg.max_steps, max_epochs=-1, accelerator=tcfg.accelerator, devices=tcfg.devices,
         num_nodes=tcfg.num_nodes, strategy=tcfg.strategy, precision=tcfg.precision, callbacks=callbacks,
@@ -169,7 +172,7 @@ def fit(cfg: DictConfig, run_dir: Path, spec, corpus, tcfg: TrainerConfig, membe
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)  # the step is in metrics.json: resumed_from_step
     trainer.fit(bank, datamodule=data, ckpt_path=checkpoint)
-    final = reports.final or finished_metrics(members)  # {} from reports: the checkpoint was the last step
+    final = outputs.final or finished_metrics(members)  # {} from outputs: the checkpoint was the last step
     if trainer.is_global_zero:
         print_summary(members, final)
     return final
