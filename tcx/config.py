@@ -116,7 +116,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = True
     """Resume from `<run dir>/checkpoints/last.ckpt` if there is one; false starts afresh, moving the
-    old `checkpoints/` aside to `checkpoints.old-<time>/`."""
+    old run (checkpoints, logs, outputs) aside to `<run dir>/old-<time>/`."""
     cache_dir: str = MISSING
     """Where tokenised corpora are cached between runs."""
     run_name: str = MISSING

@@ -23,10 +23,19 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file-size
 
 
 def _out_of_space(e: BaseException, folder: Path) -> bool:
-    """An OSError, or safetensors' Rust error (the errno only in its text), or any error while the disk
-    is full: torch's zip writer turns ENOSPC into "unexpected pos"."""
-    return (getattr(e, "errno", None) in _FULL or any(f"(os error {n})" in str(e) for n in _FULL)
-            or shutil.disk_usage(folder).free < 1 << 20)
+    """ENOSPC/EDQUOT/EFBIG anywhere in the exception's chain (torch's zip writer re-raises a file's
+    OSError as "unexpected pos"; safetensors' Rust error carries the errno in its text only), or torch's
+    "unexpected pos" while the disk is full (its own writer drops the errno)."""
+    chain, seen = [], e
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(getattr(c, "errno", None) in _FULL or any(f"(os error {n})" in str(c) for n in _FULL) for c in chain):
+        return True
+    try:
+        return "unexpected pos" in str(e) and shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -49,7 +58,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 f"cannot write {path}: {reason}. The half-written temp file was removed and {path.name} keeps "
                 f"its previous content{'' if path.exists() else ' (it had none)'}; nothing else was lost. "
                 "Free some space (or raise the quota) and run the same command again: a training run "
-                "resumes from its last complete checkpoint.") from None
+                "resumes from its last complete checkpoint.") from e
         raise
 
 

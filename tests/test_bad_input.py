@@ -135,6 +135,15 @@ def test_resume_with_another_config_is_refused(make_cfg, tmp_path):
     assert "_target_" not in str(e.value), "only the keys that differ are named"
 
 
+def test_a_run_dir_written_before_the_model_modules_split_still_resumes(make_cfg, tmp_path):
+    train(make_cfg("trainer.max_tokens=8192"), tmp_path)
+    saved = tmp_path / "config.yaml"
+    text = saved.read_text()
+    assert "tcx.models.native.NativeModelSpec" in text
+    saved.write_text(text.replace("tcx.models.native.NativeModelSpec", "tcx.models.spec.NativeModelSpec"))
+    assert set(train(make_cfg("trainer.max_tokens=8192"), tmp_path)) == {"main"}  # not refused as another model
+
+
 def test_a_run_that_failed_before_training_does_not_block_its_retry(make_cfg, tmp_path):
     with pytest.raises(CorpusError):
         train(make_cfg("data=text-files", "data.paths=[/nonexistent/*.txt]"), tmp_path)

@@ -210,8 +210,7 @@ class Softplus(Dictionary):
         y = self.decode(z)
         mse = squared_error(y, target)
         l1 = z.abs().sum(-1).mean()
-        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1, mse, l1,
-                          aux=mse.new_zeros(()))  # no auxiliary loss
+        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1, mse, l1)
 '''
 
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from tcx.cli.common import CONF_DIR, report_errors
 from tcx.config import register_configs
+from tcx.errors import RunDirBusyError
 from tcx.io import write_json
 
 register_configs()
@@ -43,6 +44,8 @@ def main(cfg: DictConfig) -> None:
     # In a sweep one failing point must not stop the others: record it, let Hydra go on.
     try:
         train(cfg, run_dir)
+    except RunDirBusyError as e:  # the folder is another live process's: write nothing into it
+        print(f"error: point {run_dir} not started: {e}")
     except Exception as e:  # noqa: BLE001 - every failure of a point is reported the same way
         write_json(run_dir / "error.json", {"error": f"{type(e).__name__}: {e}".splitlines()[0],
                                             "traceback": traceback.format_exc()})

@@ -33,9 +33,9 @@ class StepOutput(NamedTuple):
     sparsity: Float[Tensor, ""]
     """The unweighted sparsity penalty: L1 (ReLU, gated's gate), L0 (JumpReLU); 0 for the TopK
     family, whose sparsity is k."""
-    aux: Float[Tensor, ""]
+    aux: Float[Tensor, ""] | None = None
     """The unweighted auxiliary loss that `loss` also holds: TopK's AuxK (dead latents on the
-    residual), gated's reconstruction through the gate; 0 for kinds that have none."""
+    residual), gated's reconstruction through the gate; None (logged as 0) for kinds that have none."""
 
 
 @dataclass(kw_only=True)

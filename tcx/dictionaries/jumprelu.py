@@ -146,4 +146,4 @@ class JumpReLUDictionary(Dictionary):
         y = self.decode(z)
         mse = squared_error(y, target)
         l0 = _Step.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
-        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l0_coeff * l0, mse, l0, mse.new_zeros(()))
+        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l0_coeff * l0, mse, l0)

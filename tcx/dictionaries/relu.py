@@ -49,4 +49,4 @@ class ReLUDictionary(Dictionary):
         y = self.decode(z)
         mse = squared_error(y, target)
         l1 = weighted_l1(z, self.W_dec.norm(dim=1))
-        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1, mse, l1, mse.new_zeros(()))
+        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1, mse, l1)

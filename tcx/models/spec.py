@@ -69,6 +69,12 @@ _MOVED = {"HubModelSpec": "hub", "EmbeddedMiniLMSpec": "embedded", "GGUFModelSpe
           "NativeModelSpec": "native"}
 
 
+def moved_target(target: str) -> str:
+    """`tcx.models.spec.<Kind>Spec` (a config.yaml from before the split) as its current path."""
+    module, _, name = target.rpartition(".")
+    return f"tcx.models.{_MOVED[name]}.{name}" if module == __name__ and name in _MOVED else target
+
+
 def __getattr__(name: str):
     """Run dirs written before the split name `tcx.models.spec.<Kind>Spec` in their config.yaml."""
     if name in _MOVED:

@@ -25,17 +25,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
 
 
+OUTPUTS = ("checkpoints", "logs", "config.yaml", "metrics.json", "eval.json", "error.json",
+           "dictionary.safetensors", "dictionary.json", "feature_density.png")
+"""What a run writes in its folder, and each bank member in its own."""
+
+
 def tidy_run_dir(run_dir: Path, resume: bool) -> None:
-    """Before a run starts, under its lock (no other process can be writing): remove the temp files of
-    writes a killed process never finished (`atomic_path`'s `.<name>.<random>.tmp`), and with
-    `resume=false` move `checkpoints/` aside to `checkpoints.old-<time>/` (kept, never deleted)."""
-    for stale in (p for p in run_dir.rglob(".*.tmp") if p.is_file()):
+    """Before a run starts, under its lock: remove the temp files of checkpoint writes a killed
+    process never finished (`atomic_path`'s `.<name>.<random>.tmp`; nothing else writes there). With
+    `resume=false` move the old run aside, kept whole, into `old-<time>/`: checkpoints, logs and
+    outputs, the members' folders with theirs. A requeued SLURM job resumes instead: `resume=false`
+    is for the start the user asked for, not for every restart."""
+    for stale in (p for p in (run_dir / "checkpoints").glob(".*.tmp") if p.is_file()):
         stale.unlink(missing_ok=True)
         log.warning("removed %s, a write that a killed process never finished", stale)
-    if not resume and (run_dir / "checkpoints").exists():
-        aside = run_dir / f"checkpoints.old-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.replace(run_dir / "checkpoints", aside)
-        log.warning("resume=false: the old checkpoints were moved to %s", aside)
+    if resume:
+        return
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
+        log.warning("resume=false, but this is a requeued SLURM job: it resumes where it stopped")
+        return
+    old = [p for p in run_dir.iterdir() if p.name in OUTPUTS or (
+        p.is_dir() and not p.name.startswith(".") and any((p / name).exists() for name in OUTPUTS))]
+    if not old:
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = next(run_dir / f"old-{stamp}{f'-{n}' if n else ''}" for n in range(1000)
+                 if not (run_dir / f"old-{stamp}{f'-{n}' if n else ''}").exists())
+    aside.mkdir()
+    for path in old:
+        os.replace(path, aside / path.name)
+    log.warning("resume=false: the previous run (%s) was moved to %s", ", ".join(p.name for p in old), aside)
 
 
 def resume_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
@@ -50,6 +69,6 @@ def resume_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint gets the same answer
         raise CheckpointError(
             f"cannot resume from {path}: the file is corrupt ({type(e).__name__}: {e}). It was left "
-            "untouched. Rerun with resume=false to start this run afresh (the old checkpoints are kept, "
-            "moved to checkpoints.old-<time>/), or restore a good copy of it.") from None
+            "untouched. Rerun with resume=false to start this run afresh (the old run is kept, moved to "
+            "old-<time>/ in the run dir), or restore a good copy of it.") from None
     return path, int(state["global_step"])

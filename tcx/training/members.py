@@ -77,6 +77,17 @@ def group_option(group: str, name: str, experiment: str | None = None) -> DictCo
         raise ConfigError(f"bank: {e}") from None
 
 
+def experiment_of(cfg: DictConfig) -> str | None:
+    """The experiment the run composed: its YAML records its name (`experiment: smoke`); one that does
+    not is found in Hydra's choices when running under Hydra."""
+    if cfg.get("experiment"):
+        return cfg.experiment
+    from hydra.core.hydra_config import HydraConfig
+
+    chosen = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+    return None if chosen in (None, "null") else chosen
+
+
 def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Path, str]]:
     """The members of this run: `dictionary` alone, or one per `bank` entry (each validated).
 
@@ -97,7 +108,7 @@ def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Pat
         seen.add(key)
         try:
             kind = overrides.pop("dictionary", None)
-            base = group_option("dictionary", kind, cfg.get("experiment")) if kind else cfg.dictionary
+            base = group_option("dictionary", kind, experiment_of(cfg)) if kind else cfg.dictionary
             known = [f.name for f in fields(get_class(base["_target_"]))]
             unknown = sorted(set(overrides) - set(known))
             if unknown:

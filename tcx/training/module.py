@@ -51,7 +51,8 @@ class DictionaryBank(L.LightningModule):
             outs = {n: o for n, o in outs.items() if n not in bad}
             loss = torch.stack([o.loss for o in outs.values()]).sum()
         self.log("loss", loss, prog_bar=True, logger=False)
-        return {"loss": loss, "outs": {n: StepOutput(*(t.detach() for t in o)) for n, o in outs.items()}}
+        detached = {n: StepOutput(*(t if t is None else t.detach() for t in o)) for n, o in outs.items()}
+        return {"loss": loss, "outs": detached}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["retired"] = dict(self.retired)

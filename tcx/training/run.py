@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tcx.data.windows import TokenWindows, load_windows
 from tcx.errors import ConfigError
 from tcx.io import write_json, write_text
 from tcx.models.lm import LanguageModel
+from tcx.models.spec import moved_target
 from tcx.training.callbacks import (
     AuxK,
     DeadFeatures,
@@ -55,6 +57,8 @@ _FIXED_ON_RESUME = ("model", "layer", "dictionary", "bank", "data", "seed", "lr"
 def _leaves(value, prefix: str) -> dict[str, object]:
     if isinstance(value, dict):
         return {k: v for key, sub in value.items() for k, v in _leaves(sub, f"{prefix}.{key}").items()}
+    if prefix.endswith("._target_") and isinstance(value, str):
+        value = moved_target(value)  # run dirs from before a class moved name it by its old path
     return {prefix: value}
 
 
@@ -121,28 +125,37 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
     corpus = build_node(cfg.data, "data")
     tcfg: TrainerConfig = OmegaConf.to_object(cfg.trainer)
     members, failures = plan_members(cfg, run_dir)
+    # (processes Lightning starts itself start later, into the folder rank 0 has prepared)
+    if not cfg.resume and (int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ):
+        raise ConfigError("resume=false with several processes started together (SLURM tasks, torchrun): "
+                          "they could not agree on whether to start afresh. Start it afresh with one "
+                          "process, or move the run dir's checkpoints/ aside yourself.")
     with run_dir_lock(run_dir):  # a second process on this folder is refused, naming this one
         if rank_zero_only.rank == 0:  # DDP's other ranks start later, into a folder rank 0 prepared
             tidy_run_dir(run_dir, cfg.resume)
         checkpoint = resume_checkpoint(run_dir)
         if checkpoint is not None:  # only a checkpoint makes a resume; a run that failed earlier is redone
             check_resume_config(run_dir, cfg)
-            if checkpoint[1] >= tcfg.max_steps and (done := finished_metrics(members)):
+            if checkpoint[1] >= tcfg.max_steps and (done := finished(members)) is not None:
                 print(f"{run_dir} had already finished (step {checkpoint[1]}); its metrics:")
                 print_summary(members, done)
                 return done
-        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        for directory, error in failures.items():
-            log.error("bank member %s not trained: %s", directory.name, error)
-            write_json(directory / "error.json", {"error": error})
+        if rank_zero_only.rank == 0:  # one writer; DDP's other ranks only read
+            write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            for directory, error in failures.items():
+                log.error("bank member %s not trained: %s", directory.name, error)
+                write_json(directory / "error.json", {"error": error})
         return fit(cfg, run_dir, spec, corpus, tcfg, members, checkpoint[0] if checkpoint else None)
 
 
-def finished_metrics(members) -> dict[str, dict[str, float]]:
-    """Every member's metrics.json, if each has one (a finished run); else {}."""
-    if not all(metrics_file.exists(m.dir) for m in members):
-        return {}
-    return {m.name: metrics_file.read(m.dir) for m in members}
+def finished(members) -> dict[str, dict[str, float]] | None:
+    """Each member's metrics.json if every member left its outputs (a finished run: in a bank, a
+    retired member leaves its error.json instead); None while any member's are missing."""
+    def done(m) -> bool:
+        return metrics_file.exists(m.dir) or (len(members) > 1 and (m.dir / "error.json").is_file())
+    if not all(done(m) for m in members):
+        return None
+    return {m.name: metrics_file.read(m.dir) for m in members if metrics_file.exists(m.dir)}
 
 
 def fit(cfg: DictConfig, run_dir: Path, spec, corpus, tcfg: TrainerConfig, members,
@@ -172,7 +185,10 @@ def fit(cfg: DictConfig, run_dir: Path, spec, corpus, tcfg: TrainerConfig, membe
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)  # the step is in metrics.json: resumed_from_step
     trainer.fit(bank, datamodule=data, ckpt_path=checkpoint)
-    final = outputs.final or finished_metrics(members)  # {} from outputs: the checkpoint was the last step
+    if not outputs.final and trainer.global_step >= tcfg.max_steps and finished(members) is None:
+        outputs.finish(trainer, bank)  # killed after its last checkpoint, before its outputs: Lightning
+        # restores that checkpoint and skips the loop (and on_train_end), so write them here
+    final = outputs.final or finished(members) or {}
     if trainer.is_global_zero:
         print_summary(members, final)
     return final

@@ -42,8 +42,9 @@ class MemberLogs(L.Callback):
         step = trainer.global_step
         for key, out in outputs["outs"].items():
             target = batch[pl_module.members[key].cfg.target_site]
-            row = {"loss": out.loss, "mse": metrics.mse(out.y, target), "sparsity": out.sparsity, "aux": out.aux,
-                   "l0": metrics.l0(out.z), "fvu": metrics.fvu(out.y, target)}
+            row = {"loss": out.loss, "mse": metrics.mse(out.y, target), "sparsity": out.sparsity,
+                   "aux": 0.0 if out.aux is None else out.aux, "l0": metrics.l0(out.z),
+                   "fvu": metrics.fvu(out.y, target)}
             self.recent[key].append({k: float(v) for k, v in row.items()})
             if len(self.members) <= 4:
                 pl_module.log(f"l0/{key}" if len(self.members) > 1 else "l0", row["l0"],
@@ -82,7 +83,7 @@ class MemberOutputs(L.Callback):
         self.logs, self.dead, self.throughput, self.evaluation = logs, dead, throughput, evaluation
         self.batch_size, self.meta = batch_size, meta
         self.final: dict[str, dict[str, float]] = {}
-        self.resumed_from_step = 0
+        self.resumed_from_step: int | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.resumed_from_step = trainer.global_step
@@ -94,6 +95,13 @@ class MemberOutputs(L.Callback):
                 "resumed_from_step": self.resumed_from_step}
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self.finish(trainer, pl_module)
+
+    def finish(self, trainer, pl_module) -> None:
+        """The outputs; also called by `fit` for a run resumed at its last step, where Lightning skips
+        the training loop and so `on_train_end`."""
+        if self.resumed_from_step is None:
+            self.resumed_from_step = trainer.global_step
         if not trainer.is_global_zero:
             return
         held_out = self.evaluation.measure(trainer, pl_module) if self.evaluation else {}
