@@ -45,7 +45,7 @@ def tidy_run_dir(run_dir: Path, resume: bool) -> None:
         log.warning("resume=false, but this is a requeued SLURM job: it resumes where it stopped")
         return
     old = [p for p in run_dir.iterdir() if p.name in OUTPUTS or (
-        p.is_dir() and not p.name.startswith(".") and any((p / name).exists() for name in OUTPUTS))]
+        p.is_dir() and not p.name.startswith((".", "old-")) and any((p / name).exists() for name in OUTPUTS))]
     if not old:
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
