@@ -38,7 +38,7 @@ def main() -> None:
     lm = spec.load()
     print(f"load (converted cache): {time.perf_counter() - start:.1f} s")
 
-    windows = load_windows(corpus, lm, 200_000, cfg.cache_dir)
+    windows = load_windows(corpus, lm, 0, cfg.cache_dir, args.windows * 128)
     heldout = windows.heldout[: args.windows]
     for layer in (3, 15, 29):
         hook = spec.hook("mlp_out", layer)

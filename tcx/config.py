@@ -111,6 +111,8 @@ class TrainConfig:
     data: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: Any = None
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    """Lightning callbacks beside the run's own, by name (conf/callbacks/): null switches one off."""
     optimizer: Any = MISSING
     lr: float = 1e-3
     seed: int = 0

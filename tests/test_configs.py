@@ -101,3 +101,47 @@ def test_model_specs_saved_under_their_old_module_still_build(make_cfg):
     assert node["_target_"] == "tcx.models.native.NativeModelSpec"
     old = build_node(OmegaConf.create({**node, "_target_": "tcx.models.spec.NativeModelSpec"}), "model")
     assert type(old) is NativeModelSpec and old == build_node(OmegaConf.create(node), "model")
+
+
+def test_data_yaml_defaults_agree_with_corpus_dataclasses():
+    from hydra.utils import get_class
+
+    found = []
+    for path in sorted((Path(CONF_DIR) / "data").glob("*.yaml")):
+        node = OmegaConf.load(path)
+        found += _disagreements(get_class(node["_target_"]), node, f"data/{path.stem}",
+                                variant=("name", "site_packages"))  # python-stdlib is python-docs without packages
+    assert not found, "\n".join(found)
+
+
+def test_callbacks_come_from_their_group_each_switchable(make_cfg, tmp_path):
+    """The run's machinery, then conf/callbacks/ in order; null or the entry's own setting switches
+    one off; any Lightning callback can be added; one that builds something else is named."""
+    import torch
+    from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+
+    from tcx.data.windows import TokenWindows
+    from tcx.errors import ConfigError
+    from tcx.training.callbacks import AuxK, DeadFeatures, HeldOutEvaluation, MemberLogs, MemberOutputs, Resample
+    from tcx.training.members import plan_members
+    from tcx.training.run import make_callbacks
+
+    windows = TokenWindows(torch.zeros(4, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long), 1, 0)
+
+    def built(*overrides):
+        cfg = make_cfg(*overrides)
+        members, _ = plan_members(cfg, tmp_path)
+        callbacks, _ = make_callbacks(cfg, OmegaConf.to_object(cfg.trainer), members, windows, {}, tmp_path)
+        return [type(c) for c in callbacks]
+
+    machinery = [DeadFeatures, None, MemberLogs, MemberOutputs]
+    default = built("trainer.progress_bar=true")
+    assert [t if t in machinery else None for t in default[:4]] == machinery
+    assert default[-3:] == [HeldOutEvaluation, AuxK, TQDMProgressBar]  # no resampling unless asked
+    resampling = built("trainer.resample_every_n_tokens=4096", "trainer.progress_bar=true")
+    assert resampling[-2:] == [Resample, TQDMProgressBar]
+    assert built("callbacks.auxk=null", "trainer.eval_tokens=0", "trainer.progress_bar=false")[-1] is not AuxK
+    added = built("+callbacks.lr={_target_: lightning.pytorch.callbacks.LearningRateMonitor}")
+    assert added[-1] is LearningRateMonitor
+    with pytest.raises(ConfigError, match=r"callbacks\.bad built a dict"):
+        built("+callbacks.bad={_target_: builtins.dict}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from omegaconf import OmegaConf
 from tcx.config import build_node
 from tcx.data.windows import load_windows
 from tcx.dictionaries.io import save_dictionary
-from tcx.errors import CheckpointError, ConfigError
+from tcx.errors import CheckpointError, ConfigError, CorpusError
 from tcx.evaluation.run import evaluate
 from tcx.evaluation.splice import target_means
 
@@ -69,7 +71,7 @@ def test_mean_output_dictionary_is_mean_ablation(make_cfg, tmp_path, cache_dir):
     cfg = make_cfg()
     spec, corpus = build_node(cfg.model, "model"), build_node(cfg.data, "data")
     lm = spec.load()
-    windows = load_windows(corpus, lm, TOKENS * 20, cache_dir)  # enough for TOKENS held out
+    windows = load_windows(corpus, lm, 0, cache_dir, TOKENS)
     heldout = windows.heldout[: -(-TOKENS // windows.tokens_per_window)]
     hook = lm.hook_name("mlp_out", cfg.layer)
     mean = target_means(lm, heldout, [hook], windows.valid, 16)[hook]
@@ -84,17 +86,76 @@ def test_mean_output_dictionary_is_mean_ablation(make_cfg, tmp_path, cache_dir):
     assert abs(r["recovered_mean"]) < 1e-4
 
 
-def test_heldout_windows_are_never_trained_on(make_cfg, cache_dir):
-    cfg = make_cfg()
-    lm = build_node(cfg.model, "model").load()
-    w = load_windows(build_node(cfg.data, "data"), lm, 65_536, cache_dir)
-    index = torch.arange(len(w.tokens))
-    held = index[index % w.holdout_every == w.holdout_every - 1]
-    assert len(w.heldout) == len(held) > 0 and len(w.train) + len(w.heldout) == len(w.tokens)
-    assert torch.equal(w.heldout, w.tokens[held])
-    # a larger corpus keeps the same split: held-out windows never move into training
-    bigger = load_windows(build_node(cfg.data, "data"), lm, 131_072, cache_dir)
+def _doc_ids(windows, valid) -> list[int]:
+    """The `<doc N>` markers in windows of the tiny model (bytes as tokens), in stream order."""
+    ids = windows[:, valid].flatten()
+    text = bytes(ids[ids < 256].tolist()).decode("utf-8", "replace")
+    return [int(m) for m in re.findall(r"<doc (\d+)>", text)]
+
+
+@pytest.fixture
+def numbered_docs(tmp_path):
+    """600 documents that say which they are, then the first 50 again (copies of a text)."""
+    docs = [f"<doc {i}> " + "lorem ipsum dolor " * (3 + i % 7) for i in range(600)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs + docs[:50]))
+    return path
+
+
+def test_heldout_documents_are_never_trained_on(make_cfg, numbered_docs, tmp_path):
+    cfg = make_cfg("data=text-files", f"data.paths=[{numbered_docs}]")
+    lm, corpus = build_node(cfg.model, "model").load(), build_node(cfg.data, "data")
+    w = load_windows(corpus, lm, 16_384, tmp_path / "cache", 2048)
+    train, held = _doc_ids(w.train, w.valid), _doc_ids(w.heldout, w.valid)
+    assert w.tokens_per_window * len(w.train) >= 16_384 and w.tokens_per_window * len(w.heldout) >= 2048
+    assert not set(train) & set(held)  # no document on both sides, its copies included
+    assert train == sorted(train) and held == sorted(held)  # each side keeps the corpus's order
+    # every document up to where both sides reach is on one side: the split is of documents, 1 in 20
+    reach = min(max(train), max(held))
+    assert sorted(i for i in set(train) | set(held) if i < reach) == list(range(reach))
+    assert 0.02 < len([i for i in set(held) if i < reach]) / reach < 0.1
+    # asking for more never moves a window from one side to the other
+    bigger = load_windows(corpus, lm, 65_536, tmp_path / "cache", 8192)
+    assert torch.equal(bigger.train[: len(w.train)], w.train)
     assert torch.equal(bigger.heldout[: len(w.heldout)], w.heldout)
+
+
+def test_window_holdout_is_every_20th_window_of_one_stream(make_cfg, numbered_docs, tmp_path):
+    """`data.holdout=windows`, the split before documents: the README's older numbers reproduce."""
+    cfg = make_cfg("data=text-files", f"data.paths=[{numbered_docs}]", "data.holdout=windows")
+    lm, corpus = build_node(cfg.model, "model").load(), build_node(cfg.data, "data")
+    w = load_windows(corpus, lm, 16_384, tmp_path / "cache")
+    train, held = list(w.train), list(w.heldout)
+    stream = [held.pop(0) if i % 20 == 19 else train.pop(0) for i in range(len(w.train) + len(w.heldout))]
+    ids = _doc_ids(torch.stack(stream), w.valid)
+    assert sorted(set(ids)) == list(range(max(ids) + 1)) and ids == sorted(ids)  # one unbroken stream
+    assert len(w.heldout) == (len(w.train) + len(w.heldout)) // 20 > 0
+    # more held-out text comes from further on and leaves the training windows as they were
+    more = load_windows(corpus, lm, 16_384, tmp_path / "cache", 3000)
+    assert torch.equal(more.train, w.train) and torch.equal(more.heldout[: len(w.heldout)], w.heldout)
+    assert more.tokens_per_window * len(more.heldout) >= 3000
+
+
+def test_a_few_long_documents_are_held_out_piece_by_piece(make_cfg, tmp_path):
+    """Three documents of about 40 windows each: pieces of 8 windows are held out, so such a corpus
+    still has held-out text, and no sentence is on both sides."""
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps({"text": " ".join(f"<doc {d * 1000 + s}> lorem ipsum." for s in range(140))})
+                            + "\n" for d in range(3)))
+    cfg = make_cfg("data=text-files", f"data.paths=[{path}]")
+    lm, corpus = build_node(cfg.model, "model").load(), build_node(cfg.data, "data")
+    w = load_windows(corpus, lm, 2048, tmp_path / "cache", 256)
+    train, held = set(_doc_ids(w.train, w.valid)), set(_doc_ids(w.heldout, w.valid))
+    assert train and held and not train & held
+
+
+def test_a_corpus_with_nothing_held_out_is_named(make_cfg, tmp_path):
+    path = tmp_path / "few.jsonl"
+    path.write_text("".join(json.dumps({"text": f"text number {i} " * 10}) + "\n" for i in range(3)))
+    cfg = make_cfg("data=text-files", f"data.paths=[{path}]")
+    lm, corpus = build_node(cfg.model, "model").load(), build_node(cfg.data, "data")
+    with pytest.raises(CorpusError, match="held out no text.*data.holdout_every=20"):
+        load_windows(corpus, lm, 1024, tmp_path / "cache", 1024)
 
 
 def test_encoder_fidelity_is_one_minus_cosine(make_cfg, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -44,7 +45,11 @@ def test_shipped_sweeps_load_and_pack():
     assert len(frontier.points()) == 10 and jobs(frontier) == 1
     (bank,) = multirun_overrides(frontier)
     assert bank.startswith("bank=[") and bank.count("{") == 10
-    assert jobs(SweepSpec.load(REPO / "sweeps" / "all-layers.yaml")) == 6
+    layers = SweepSpec.load(REPO / "sweeps" / "all-layers.yaml")
+    assert jobs(layers) == 1 and jobs(dataclasses.replace(layers, pack=False)) == 6  # one model pass for 6 layers
+    (bank,) = multirun_overrides(layers)
+    assert [f"{{layer: {i}, " in bank for i in range(6)] == [True] * 6
+    assert jobs(SweepSpec.load(REPO / "sweeps" / "gpt2-all-layers.yaml")) == 12  # a cluster runs them side by side
     smoke = SweepSpec.load(REPO / "sweeps" / "smoke.yaml")
     assert len(smoke.points()) == 4 and jobs(smoke) == 1
 

@@ -79,6 +79,30 @@ def test_bank_members_match_solo_runs(make_cfg, tmp_path):
     assert not torch.equal(first, last)
 
 
+def test_a_bank_across_layers_runs_the_model_once_and_matches_solo_runs(make_cfg, tmp_path):
+    """Members at different layers share one pass of the model (to the deepest) and each ends with
+    its solo run's weights and held-out numbers (its fidelity against ablating its own MLP alone)."""
+    short = ["trainer.max_tokens=8192", "trainer.eval_tokens=2048"]
+    train(make_cfg(*short, "bank=[{layer: 0, name: l0}, {layer: 1, name: l1}, {layer: 1, dictionary: sae, name: s1}]"),
+          tmp_path / "bank")
+    read = {}
+    for name, solo in (("l0", ["layer=0"]), ("l1", ["layer=1"]), ("s1", ["layer=1", "dictionary=sae"])):
+        train(make_cfg(*short, *solo), tmp_path / name)
+        banked, alone = weights(tmp_path / "bank" / name), weights(tmp_path / name)
+        assert banked.keys() == alone.keys() and all(torch.equal(banked[k], alone[k]) for k in alone), name
+        read[name] = [json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "bank" / name, tmp_path / name)]
+        for key in ("l0", "fvu", "loss_spliced", "loss_zero_ablated", "loss_mean_ablated", "recovered_mean"):
+            assert read[name][0][key] == pytest.approx(read[name][1][key], rel=1e-9, abs=1e-12), (name, key)
+        described = [json.loads((d / "dictionary.json").read_text())
+                     for d in (tmp_path / "bank" / name, tmp_path / name)]
+        assert [d["layer"] for d in described] == [int(solo[0][-1])] * 2
+        assert described[0]["input_hook"] == described[1]["input_hook"]
+        assert OmegaConf.load(tmp_path / "bank" / name / "config.yaml").layer == int(solo[0][-1])
+    # one pass of the model for the three: as many rows as one solo run, not one pass per layer
+    assert read["l0"][0]["model_tokens"] == read["l1"][1]["model_tokens"]
+    assert read["l0"][0]["loss_zero_ablated"] != read["l1"][0]["loss_zero_ablated"]  # each its own MLP
+
+
 @pytest.mark.parametrize("kind", ["sae", "jumprelu", "gated"])
 def test_a_member_of_another_kind_is_configured_as_its_solo_run(make_cfg, tmp_path, kind):
     """Under experiment=smoke, `{dictionary: <kind>}` in a bank gets what `dictionary=<kind>` gets:
@@ -98,11 +122,11 @@ def test_a_faster_learning_threshold_keeps_banks_equal_to_solo_runs(make_cfg, tm
     from tests.test_zoo import kind
 
     relu, jump = kind(make_cfg, "transcoder"), kind(make_cfg, "jumprelu")
-    bank = DictionaryBank({"relu": relu, "jump": jump}, torch.optim.Adam, 1e-3, None)
+    bank = DictionaryBank({"relu": relu, "jump": jump}, {}, torch.optim.Adam, 1e-3, None)
     plain, fast = bank.param_groups()
     assert fast["lr"] == pytest.approx(1e-3 * jump.cfg.threshold_lr_scale) and jump.cfg.threshold_lr_scale > 1
     assert fast["params"] == [jump.log_threshold] and len(plain["params"]) == len(list(bank.parameters())) - 1
-    assert len(DictionaryBank({"relu": relu}, torch.optim.Adam, 1e-3, None).param_groups()) == 1
+    assert len(DictionaryBank({"relu": relu}, {}, torch.optim.Adam, 1e-3, None).param_groups()) == 1
     short = ["trainer.max_tokens=8192", "trainer.eval_tokens=0"]
     train(make_cfg(*short, "bank=[{name: relu}, {dictionary: jumprelu, name: jump}]"), tmp_path / "bank")
     train(make_cfg(*short, "dictionary=jumprelu"), tmp_path / "solo")
@@ -194,8 +218,10 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, cache_dir, extra
                               *more], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert out.returncode == 0, out.stderr[-3000:]
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "single")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    for k in a:  # all-reduced half-batch gradients round differently from the whole batch's, and Adam
+        # turns a near-zero gradient's rounding into a step of up to lr (1e-3): other batches would differ
+        # by about lr x steps (1e-2)
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
     final = {n: json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("ddp", "single")}
     if extra is RESAMPLING:
         assert final["single"]["resampled_features"] > 0 and final["ddp"]["resampled_features"] == \

@@ -139,14 +139,14 @@ def test_resampling_restarts_dead_features(make_cfg, name):
     before = {k: v.detach().clone() for k, v in d.named_parameters()}
     x = torch.randn(64, 16, generator=GEN)
     out = d(x, x)
-    module = SimpleNamespace(members={"main": d})
+    module = SimpleNamespace(members={"main": d}, step_outputs={"main": out}, reads={"main": ("x", "x")})
     optimizer = torch.optim.Adam(d.parameters())
     out.loss.backward()
     optimizer.step()  # moments to clear
     before = {k: v.detach().clone() for k, v in d.named_parameters()}
     trainer = SimpleNamespace(global_step=10, max_steps=100, optimizers=[optimizer], world_size=1)
     Resample(dead, every_steps=10, seed=0).on_train_batch_end(
-        trainer, module, {"outs": {"main": out}}, {"mlp_in": x, "mlp_out": x}, 0)
+        trainer, module, out.loss, {"x": x}, 0)
     per_feature = {k: v for k, v in d.named_parameters() if k != "W_enc" and v.shape[:1] == (d.d_sae,)}
     per_feature["W_enc"] = d.W_enc.T
     for k, v in per_feature.items():
@@ -190,7 +190,7 @@ def test_every_kind_is_a_transcoder_or_an_sae_by_one_key(make_cfg):
 TOY = '''
 from dataclasses import dataclass
 import torch
-from tcx.dictionaries.base import Dictionary, DictionaryConfig, StepOutput, squared_error
+from tcx.dictionaries.base import Dictionary, DictionaryConfig
 
 
 @dataclass(kw_only=True)
@@ -205,12 +205,12 @@ class Softplus(Dictionary):
     def encode(self, x):
         return torch.nn.functional.softplus(x @ self.W_enc + self.b_enc) - 0.6931
 
-    def loss(self, x, target, sparsity_scale=1.0):
-        z = self.encode(x)
-        y = self.decode(z)
-        mse = squared_error(y, target)
-        l1 = z.abs().sum(-1).mean()
-        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1, mse, l1)
+    def penalty(self, z, pre):
+        return z.abs().sum(-1).mean()
+
+    @property
+    def sparsity_coeff(self):
+        return self.cfg.l1_coeff
 '''
 
 

@@ -5,25 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from tcx.config import TrainerConfig, build_node
 from tcx.training.data import make_stream
-from tcx.training.members import plan_members
-from tcx.training.run import open_stream_inputs
+from tcx.training.run import open_stream_inputs, plan_run
 
 
 def fill_cache(cfg: DictConfig) -> Path:
     """Run the model over every chunk `cfg`'s training reads, at every site its members read, and
     store what is not stored yet; return the cache's folder."""
-    spec = build_node(cfg.model, "model")
-    spec.check_layer(cfg.layer)
-    corpus = build_node(cfg.data, "data")
-    tcfg: TrainerConfig = OmegaConf.to_object(cfg.trainer)
+    plan = plan_run(cfg, Path("."))
+    tcfg = plan.trainer
     tcfg.activation_cache = True
-    members, _ = plan_members(cfg, Path("."))
-    lm, hooks, windows = open_stream_inputs(spec, corpus, cfg, members, tcfg)
+    lm, hooks, windows = open_stream_inputs(plan, cfg)
     if torch.cuda.is_available() and tcfg.accelerator in ("auto", "gpu", "cuda"):
         lm.bridge.to("cuda")  # where training would run it: the cache matches that run bit for bit
     stream = make_stream(lm, windows, hooks, tcfg, cfg.seed, cfg.cache_dir)

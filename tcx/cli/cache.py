@@ -38,13 +38,12 @@ def job(cfg: DictConfig) -> None:
 @report_errors
 def sweep(sweep_file: str, overrides: list[str]) -> int:
     """One job per packed job of the sweep: the union of its points' sites, one model pass."""
-    from tcx.sweeps.plan import multirun_overrides
+    from tcx.sweeps.plan import multirun_command
     from tcx.sweeps.spec import SweepSpec
 
     spec = dataclasses.replace(SweepSpec.load(sweep_file), pack=True)
     with tempfile.TemporaryDirectory() as tmp:
-        return subprocess.run([sys.executable, "-m", "tcx.cli.cache", "--multirun", *spec.overrides,
-                               *multirun_overrides(spec), f"hydra.sweep.dir={tmp}", *overrides]).returncode
+        return subprocess.run(multirun_command("tcx.cli.cache", spec, f"hydra.sweep.dir={tmp}", *overrides)).returncode
 
 
 def main() -> None:

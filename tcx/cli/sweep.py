@@ -24,7 +24,7 @@ from pathlib import Path
 from tcx.cli.common import report_errors
 from tcx.errors import ConfigError
 from tcx.sweeps.collect import collect, print_summary
-from tcx.sweeps.plan import jobs, multirun_overrides
+from tcx.sweeps.plan import jobs, multirun_command
 from tcx.sweeps.spec import SweepSpec
 from tcx.sweeps.validate import check_grid_keys
 
@@ -59,8 +59,7 @@ def run(argv: list[str]) -> int:
         raise ConfigError("hydra/launcher=slurm: the SLURM cluster does not answer (`sinfo` failed or is "
                           "missing); nothing was submitted. Start one (scripts/slurm-local.sh up) or use "
                           "hydra/launcher=local.")
-    command = [sys.executable, "-m", "tcx.cli.train", "--multirun", *spec.overrides,
-               *multirun_overrides(spec), f"group={spec.name}", f"hydra.sweep.dir={sweep_dir}", *overrides]
+    command = multirun_command("tcx.cli.train", spec, f"group={spec.name}", f"hydra.sweep.dir={sweep_dir}", *overrides)
     print(f"sweep {spec.name}: {len(spec.points())} points in {jobs(spec)} job(s) -> {sweep_dir}", flush=True)
     status = subprocess.run(command).returncode
     if status != 0 and not any(p.name.isdigit() for p in sweep_dir.glob("*")):

@@ -18,19 +18,25 @@ from tcx.errors import ConfigError, CorpusError
 @dataclass(kw_only=True)
 class Corpus:
     name: str = MISSING
+    holdout: str = "documents"
+    """What is held out for evaluation and never trained on: `documents` (one in `holdout_every`,
+    by a hash of the text) or `windows` (every `holdout_every`-th window of one stream: tcx's split
+    before November 2026, kept so that numbers measured with it reproduce)."""
     holdout_every: int = 20
-    """Every this-many-th window is held out for evaluation and never trained on (5%)."""
+    """One in this many documents (or windows) is held out (5%)."""
 
     def __post_init__(self) -> None:
         if self.holdout_every < 2:
-            raise ConfigError(f"holdout_every must be at least 2, got {self.holdout_every}.")
+            raise ConfigError(f"data.holdout_every must be at least 2, got {self.holdout_every}.")
+        if self.holdout not in ("documents", "windows"):
+            raise ConfigError(f"data.holdout must be 'documents' or 'windows', got '{self.holdout}'.")
 
     def documents(self) -> Iterator[str]:
         raise NotImplementedError
 
     def fingerprint(self) -> str:
         """Identifies the text (not the tokenisation) for the token cache."""
-        fields = {k: v for k, v in vars(self).items() if k != "holdout_every"}
+        fields = {k: v for k, v in vars(self).items() if k not in ("holdout", "holdout_every")}
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

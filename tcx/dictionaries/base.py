@@ -70,7 +70,10 @@ class DictionaryConfig:
 
 
 class Dictionary(nn.Module):
-    """`z = f(x)`, `y = z @ W_dec + b_dec`. Subclasses define `encode` and `loss`.
+    """`z = f(x)`, `y = z @ W_dec + b_dec`. A kind defines `encode`, and for training its `penalty`
+    (with `sparsity_coeff`) and, if it has one, its `auxiliary` loss; `loss` puts them together.
+    A kind whose training codes differ from `encode`'s (sparse codes, a straight-through estimator)
+    also defines `train_codes`.
 
     Subclasses work in normalised units (x·input_scale, target·target_scale); `forward`,
     `encode_decode` and `reconstruct` take and return the model's units.
@@ -114,10 +117,45 @@ class Dictionary(nn.Module):
         """`x` is for kinds with a path that bypasses the features (skip transcoder)."""
         return decode(z, self.W_dec, self.b_dec)
 
+    # -- the training step, in normalised units ----------------------------------------------
     def loss(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
              sparsity_scale: float = 1.0) -> StepOutput:
-        """The training step's outputs, all in normalised units."""
-        raise NotImplementedError
+        """encode -> decode -> `mse + sparsity_scale·sparsity_coeff·penalty + aux_coeff·auxiliary`."""
+        z, pre = self.train_codes(x)
+        y = self.decode(z, x)
+        mse = squared_error(y, target)
+        loss, sparsity = mse, self.penalty(z, pre)
+        if sparsity is None:
+            sparsity = mse.new_zeros(())
+        else:
+            loss = loss + sparsity_scale * self.sparsity_coeff * sparsity
+        aux = self.auxiliary(x, target, y, pre)
+        if aux is not None:
+            loss = loss + self.aux_coeff * aux
+        return StepOutput(y, z, loss, mse, sparsity, aux)
+
+    def train_codes(self, x: Float[Tensor, "batch d_in"]) -> tuple[Codes, Float[Tensor, "batch d_sae"] | None]:
+        """The codes of a training step, and what the penalty and auxiliary loss read besides them
+        (the kind's pre-activations, or None)."""
+        return self.encode(x), None
+
+    def penalty(self, z: Codes, pre: Tensor | None) -> Float[Tensor, ""] | None:
+        """The unweighted sparsity penalty (logged as `sparsity`); None for kinds whose sparsity is
+        structural (TopK's k)."""
+        return None
+
+    @property
+    def sparsity_coeff(self) -> float:
+        """The penalty's weight (the config's l1_coeff, l0_coeff, ...)."""
+        return 0.0
+
+    def auxiliary(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
+                  y: Float[Tensor, "batch d_out"], pre: Tensor | None) -> Float[Tensor, ""] | None:
+        """An unweighted auxiliary loss the step also minimises (logged as `aux`), or None."""
+        return None
+
+    aux_coeff = 1.0
+    """The auxiliary loss's weight."""
 
     # -- in the model's units ---------------------------------------------------------------
     def forward(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],

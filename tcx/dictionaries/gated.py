@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from tcx.dictionaries.base import Activation, Dictionary, StepOutput, squared_error
+from tcx.dictionaries.base import Activation, Dictionary, squared_error
 from tcx.dictionaries.relu import ReLUConfig
 
 
@@ -63,13 +63,19 @@ class GatedDictionary(Dictionary):
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         return (self.gate(x) > 0).to(x.dtype) * self.magnitude(x).relu()
 
-    def loss(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
-             sparsity_scale: float = 1.0) -> StepOutput:
+    def train_codes(self, x: Float[Tensor, "batch d_in"]) -> tuple[Tensor, Float[Tensor, "batch d_sae"]]:
         pi_gate = self.gate(x)
-        z = (pi_gate > 0).to(x.dtype) * self.magnitude(x).relu()
-        y = self.decode(z)
-        mse = squared_error(y, target)
-        gate_act = pi_gate.relu()
-        l1 = (gate_act * self.W_dec.norm(dim=1)).sum(-1).mean()
-        aux = squared_error(gate_act @ self.W_dec.detach() + self.b_dec.detach(), target)
-        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1 + aux, mse, l1, aux)
+        return (pi_gate > 0).to(x.dtype) * self.magnitude(x).relu(), pi_gate
+
+    def penalty(self, z: Tensor, pi_gate: Float[Tensor, "batch d_sae"]) -> Float[Tensor, ""]:
+        """The gate's decoder-norm-weighted L1."""
+        return (pi_gate.relu() * self.W_dec.norm(dim=1)).sum(-1).mean()
+
+    @property
+    def sparsity_coeff(self) -> float:
+        return self.cfg.l1_coeff
+
+    def auxiliary(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
+                  y: Float[Tensor, "batch d_out"], pi_gate: Float[Tensor, "batch d_sae"]) -> Float[Tensor, ""]:
+        """The target reconstructed through the gate with a frozen decoder: trains only the gate."""
+        return squared_error(pi_gate.relu() @ self.W_dec.detach() + self.b_dec.detach(), target)

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from tcx.dictionaries.base import Activation, Dictionary, DictionaryConfig, StepOutput, squared_error
+from tcx.dictionaries.base import Activation, Dictionary, DictionaryConfig
 from tcx.errors import ConfigError
 
 
@@ -139,11 +139,14 @@ class JumpReLUDictionary(Dictionary):
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         return _JumpReLU.apply(self.pre_activation(x), self.threshold, self.cfg.bandwidth)
 
-    def loss(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
-             sparsity_scale: float = 1.0) -> StepOutput:
+    def train_codes(self, x: Float[Tensor, "batch d_in"]) -> tuple[Tensor, Float[Tensor, "batch d_sae"]]:
         pre = self.pre_activation(x)
-        z = _JumpReLU.apply(pre, self.threshold, self.cfg.bandwidth)
-        y = self.decode(z)
-        mse = squared_error(y, target)
-        l0 = _Step.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
-        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l0_coeff * l0, mse, l0)
+        return _JumpReLU.apply(pre, self.threshold, self.cfg.bandwidth), pre
+
+    def penalty(self, z: Tensor, pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor, ""]:
+        """L0, with the kernel pseudo-derivative for θ."""
+        return _Step.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
+
+    @property
+    def sparsity_coeff(self) -> float:
+        return self.cfg.l0_coeff

@@ -15,8 +15,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tcx.dictionaries.base import Activation, Dictionary, DictionaryConfig, StepOutput, squared_error
-from tcx.dictionaries.sparse import relu_codes, weighted_l1
+from tcx.dictionaries.base import Activation, Dictionary, DictionaryConfig
+from tcx.dictionaries.sparse import Codes, relu_codes, weighted_l1
 from tcx.errors import ConfigError
 
 
@@ -43,10 +43,12 @@ class ReLUDictionary(Dictionary):
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         return torch.relu(x @ self.W_enc + self.b_enc)
 
-    def loss(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
-             sparsity_scale: float = 1.0) -> StepOutput:
-        z = relu_codes(x, self.W_enc, self.b_enc)
-        y = self.decode(z)
-        mse = squared_error(y, target)
-        l1 = weighted_l1(z, self.W_dec.norm(dim=1))
-        return StepOutput(y, z, mse + sparsity_scale * self.cfg.l1_coeff * l1, mse, l1)
+    def train_codes(self, x: Float[Tensor, "batch d_in"]) -> tuple[Codes, None]:
+        return relu_codes(x, self.W_enc, self.b_enc), None  # sparse once few fire
+
+    def penalty(self, z: Codes, pre: None) -> Float[Tensor, ""]:
+        return weighted_l1(z, self.W_dec.norm(dim=1))
+
+    @property
+    def sparsity_coeff(self) -> float:
+        return self.cfg.l1_coeff

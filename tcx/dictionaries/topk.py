@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from tcx.dictionaries.base import Activation, Dictionary, DictionaryConfig, StepOutput, squared_error
+from tcx.dictionaries.base import Activation, Dictionary, DictionaryConfig, squared_error
 from tcx.dictionaries.sparse import Codes, Rule, decode, encode_sparse, pre_activations, sparse_enabled, top_k
 from tcx.errors import ConfigError
 
@@ -80,19 +80,23 @@ class TopKDictionary(Dictionary):
             explained = topk_rows(pre.masked_fill(~dead, 0.0), k) @ self.W_dec
         return squared_error(explained, residual) / residual.pow(2).sum(-1).mean().clamp_min(1e-8)
 
-    def loss(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
-             sparsity_scale: float = 1.0) -> StepOutput:
+    def train_codes(self, x: Float[Tensor, "batch d_in"]) -> tuple[Codes, Float[Tensor, "batch d_sae"]]:
         if sparse_enabled(x.device):
             pre = pre_activations(x, self.W_enc, self.b_enc)
-            z: Codes = encode_sparse(x, self.W_enc, self.b_enc, self.rule(), pre)
-        else:
-            pre = self.pre_activation(x)
-            z = self.select(pre)
-        y = self.decode(z, x)
-        mse = squared_error(y, target)
-        aux = (self.aux_loss(x, pre, (target - y).detach(), self.dead) if self.training
-               else mse.new_zeros(()))
-        return StepOutput(y, z, mse + self.cfg.aux_coeff * aux, mse, mse.new_zeros(()), aux)
+            return encode_sparse(x, self.W_enc, self.b_enc, self.rule(), pre), pre
+        pre = self.pre_activation(x)
+        return self.select(pre), pre
+
+    def auxiliary(self, x: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_out"],
+                  y: Float[Tensor, "batch d_out"], pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor, ""]:
+        """AuxK while training (0 in evaluation)."""
+        if not self.training:
+            return y.new_zeros(())
+        return self.aux_loss(x, pre, (target - y).detach(), self.dead)
+
+    @property
+    def aux_coeff(self) -> float:
+        return self.cfg.aux_coeff
 
     def select(self, pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         """Which pre-activations fire: the family's one difference (TopK: each row's k largest)."""

@@ -56,13 +56,21 @@ class Stats:
 def measure(lm, placed: list[Placed], heldout: torch.Tensor, valid: slice, batch_windows: int = 16,
             dense_threshold: float = 0.1, progress: bool = True
             ) -> tuple[list[dict[str, float]], dict[str, float], list[torch.Tensor]]:
-    """Per-dictionary rows, the joint fidelity of all spliced together, and firing frequencies."""
+    """Per-dictionary rows, the joint fidelity of all spliced together, and firing frequencies.
+    Each dictionary's row is its fidelity spliced in alone, against ablating its own target alone
+    (so dictionaries at several layers each get what their solo evaluation gives); the joint one
+    is against ablating every target."""
     means = target_means(lm, heldout, [p.target_hook for p in placed], valid, batch_windows)
     variants = {"spliced": splice_hooks(placed, valid),
                 "zero_ablated": ablation_hooks({p.target_hook: None for p in placed}, valid),
                 "mean_ablated": ablation_hooks({p.target_hook: means[p.target_hook] for p in placed}, valid)}
     if len(placed) > 1:
         variants.update({f"alone_{i}": splice_hooks([p], valid) for i, p in enumerate(placed)})
+    targets = list(dict.fromkeys(p.target_hook for p in placed))
+    if len(targets) > 1:
+        for hook in targets:
+            variants[f"zero_ablated@{hook}"] = ablation_hooks({hook: None}, valid)
+            variants[f"mean_ablated@{hook}"] = ablation_hooks({hook: means[hook]}, valid)
     stats = [Stats(torch.zeros(p.dictionary.d_sae, dtype=torch.long)) for p in placed]
     hooks = list({h: None for p in placed for h in (p.input_hook, p.target_hook)})
     losses: dict[str, list[torch.Tensor]] = {}
@@ -80,9 +88,10 @@ def measure(lm, placed: list[Placed], heldout: torch.Tensor, valid: slice, batch
                 losses.setdefault(k, []).append(v.cpu())
     mean_loss = {k: torch.cat(v).mean().item() for k, v in losses.items()}
     joint = fidelity(mean_loss, "spliced", lm.spec.kind)
+    own = (lambda p: f"@{p.target_hook}") if len(targets) > 1 else (lambda p: "")  # noqa: E731
     rows = [{**s.result(dense_threshold),
-             **(joint if len(placed) == 1 else fidelity(mean_loss, f"alone_{i}", lm.spec.kind))}
-            for i, s in enumerate(stats)]
+             **(joint if len(placed) == 1 else fidelity(mean_loss, f"alone_{i}", lm.spec.kind, own(p)))}
+            for i, (p, s) in enumerate(zip(placed, stats, strict=True))]
     return rows, joint, [s.fired.double() / s.rows for s in stats]
 
 
@@ -116,8 +125,10 @@ def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: i
     return results
 
 
-def fidelity(loss: dict[str, float], spliced: str, kind: str) -> dict[str, float]:
-    clean, spl, zero, mean = loss["clean"], loss[spliced], loss["zero_ablated"], loss["mean_ablated"]
+def fidelity(loss: dict[str, float], spliced: str, kind: str, ablated: str = "") -> dict[str, float]:
+    """The `spliced` variant's loss against clean and the ablations (`zero_ablated<ablated>`, ...)."""
+    clean, spl = loss["clean"], loss[spliced]
+    zero, mean = loss[f"zero_ablated{ablated}"], loss[f"mean_ablated{ablated}"]
     out = {"fidelity_metric": "next_token_ce" if kind == "causal" else "1-cos(sentence_embedding)",
            "loss_clean": clean, "loss_spliced": spl, "loss_zero_ablated": zero,
            "loss_mean_ablated": mean,

@@ -97,8 +97,7 @@ class OpenedRuns:
         """Windows the runs never trained on (at least `max_tokens` tokens when the corpus has
         them), and the positions in each that hold corpus tokens."""
         trained = max(int(d.meta.get("training_tokens") or 0) for d in self.dictionaries)
-        windows = load_windows(self.corpus, self.lm, max(trained, max_tokens * self.corpus.holdout_every),
-                               self.cache_dir)
+        windows = load_windows(self.corpus, self.lm, trained, self.cache_dir, max_tokens)
         return windows.heldout[: max(1, -(-max_tokens // windows.tokens_per_window))], windows.valid
 
     def check_widths(self) -> None:

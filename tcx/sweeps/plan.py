@@ -1,7 +1,8 @@
 """From a sweep spec to the overrides of one Hydra multirun of tcx-train.
 
-Packed (the default): grid keys outside `dictionary` become multirun sweeps (one job each), and
-the `dictionary` part of the grid becomes that job's bank, trained from one pass of the model.
+Packed (the default): grid keys outside `dictionary` and `layer` become multirun sweeps (one job
+each), and the `dictionary` and `layer` part of the grid becomes that job's bank, trained from one
+pass of the model (to the deepest layer).
 Unpacked: every grid key is a multirun sweep, one job per point.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sys
 from typing import Any
 
 from tcx.sweeps.spec import SweepSpec
@@ -34,7 +36,7 @@ def hydra_value(value: Any) -> str:
 
 
 def member(point: dict[str, Any]) -> dict[str, Any]:
-    """A bank entry: `dictionary` names the kind, `dictionary.k` becomes `k`."""
+    """A bank entry: `dictionary` names the kind, `dictionary.k` becomes `k`, `layer` stays."""
     entry: dict[str, Any] = {}
     for key, value in point.items():
         entry["dictionary" if key == "dictionary" else key.removeprefix("dictionary.")] = value
@@ -48,7 +50,7 @@ def bank_literal(entries: list[dict[str, Any]]) -> str:
 
 
 def multirun_overrides(spec: SweepSpec) -> list[str]:
-    job_keys = [k for k in spec.grid if not (spec.pack and SweepSpec.is_dictionary_key(k))]
+    job_keys = [k for k in spec.grid if not (spec.pack and SweepSpec.is_bank_key(k))]
     bank_keys = [k for k in spec.grid if k not in job_keys]
     out = [f"{k}={','.join(hydra_value(v) for v in spec.grid[k])}" for k in job_keys]
     if bank_keys:
@@ -60,4 +62,9 @@ def multirun_overrides(spec: SweepSpec) -> list[str]:
 
 def jobs(spec: SweepSpec) -> int:
     return len(list(itertools.product(*(v for k, v in spec.grid.items()
-                                        if not (spec.pack and SweepSpec.is_dictionary_key(k))))))
+                                        if not (spec.pack and SweepSpec.is_bank_key(k))))))
+
+
+def multirun_command(module: str, spec: SweepSpec, *extra: str) -> list[str]:
+    """`python -m <module> --multirun` over the sweep's jobs (each a bank where packed), then `extra`."""
+    return [sys.executable, "-m", module, "--multirun", *spec.overrides, *multirun_overrides(spec), *extra]

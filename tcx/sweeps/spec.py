@@ -5,7 +5,7 @@
     grid:
       dictionary: [transcoder, sae]
       dictionary.l1_coeff: [1.0, 3.0, 10.0]
-    pack: true          # optional: points differing only in dictionary.* share one job (a bank)
+    pack: true          # optional: points differing only in dictionary.* or layer share one job (a bank)
 """
 
 from __future__ import annotations
@@ -57,3 +57,9 @@ class SweepSpec:
     @staticmethod
     def is_dictionary_key(key: str) -> bool:
         return key == "dictionary" or key.startswith("dictionary.")
+
+    @staticmethod
+    def is_bank_key(key: str) -> bool:
+        """What members of one bank may differ in: the dictionary, and the layer (the model then
+        runs once, to the deepest)."""
+        return key == "layer" or SweepSpec.is_dictionary_key(key)

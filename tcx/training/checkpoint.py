@@ -49,8 +49,8 @@ def tidy_run_dir(run_dir: Path, resume: bool) -> None:
     if not old:
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = next(run_dir / f"old-{stamp}{f'-{n}' if n else ''}" for n in range(1000)
-                 if not (run_dir / f"old-{stamp}{f'-{n}' if n else ''}").exists())
+    names = (f"old-{stamp}" + (f"-{n}" if n else "") for n in range(1000))
+    aside = next(run_dir / name for name in names if not (run_dir / name).exists())
     aside.mkdir()
     for path in old:
         os.replace(path, aside / path.name)

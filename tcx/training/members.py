@@ -1,7 +1,8 @@
 """Bank members: the dictionaries one run trains, each with its own folder, config and logger.
 
 A member's folder holds exactly what a run training it alone would write, and its `config.yaml`
-is that solo run's config: `dictionary` replaced by the member's, `bank` empty.
+is that solo run's config: `dictionary` (and `layer`) replaced by the member's, `bank` empty.
+Members may sit at different layers: the model then runs once, to the deepest.
 """
 
 from __future__ import annotations
@@ -31,11 +32,18 @@ class Member:
     cfg: DictionaryConfig
     config: DictConfig
     """The full config of a solo run of this member."""
+    input_hook: str = ""
+    """The hookpoint it reads (its input site at its layer); batches are keyed by hookpoint."""
+    target_hook: str = ""
     logger: Any = field(default=None, repr=False)
 
     @property
     def key(self) -> str:
         return module_key(self.name)
+
+    @property
+    def layer(self) -> int:
+        return int(self.config.layer)
 
     def open_logger(self) -> None:
         if self.config.get("logger") is not None and self.logger is None:
@@ -92,13 +100,21 @@ def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Pat
     """The members of this run: `dictionary` alone, or one per `bank` entry (each validated).
 
     An entry overrides keys of `dictionary`, or, with `dictionary: <kind>`, of that group option
-    under the run's experiment (what `dictionary=<kind> experiment=<it>` would give).
+    under the run's experiment (what `dictionary=<kind> experiment=<it>` would give); `layer: N`
+    puts it at another layer than the run's.
     In a bank of several, a member with an impossible value is returned among the failures
     (folder -> error) so the others still train; alone, it raises.
     """
+    spec = build_node(cfg.model, "model")
+
+    def member(name: str, directory: Path, dcfg: DictionaryConfig, config: DictConfig) -> Member:
+        spec.check_layer(config.layer)
+        return Member(name, directory, dcfg, config, spec.hook(dcfg.input_site, config.layer),
+                      spec.hook(dcfg.target_site, config.layer))
+
     entries = [dict(e) for e in OmegaConf.to_container(cfg.bank, resolve=True)] if cfg.bank else []
     if not entries:
-        return [Member("main", run_dir, build_node(cfg.dictionary, "dictionary"), cfg)], {}
+        return [member("main", run_dir, build_node(cfg.dictionary, "dictionary"), cfg)], {}
     members, failures, seen = [], {}, set()
     for i, overrides in enumerate(entries):
         name = str(overrides.pop("name", None) or _member_name(overrides))
@@ -107,7 +123,9 @@ def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Pat
             raise ConfigError(f"bank[{i}]: member name '{name}' is used twice; give each a `name`.")
         seen.add(key)
         try:
-            kind = overrides.pop("dictionary", None)
+            kind, layer = overrides.pop("dictionary", None), overrides.pop("layer", cfg.layer)
+            if not isinstance(layer, int) or isinstance(layer, bool):
+                raise ConfigError(f"bank[{i}] ('{name}'): layer must be an integer, got {layer!r}.")
             base = group_option("dictionary", kind, experiment_of(cfg)) if kind else cfg.dictionary
             known = [f.name for f in fields(get_class(base["_target_"]))]
             unknown = sorted(set(overrides) - set(known))
@@ -116,9 +134,9 @@ def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Pat
                                   f"{base['_target_'].rsplit('.', 1)[-1]}; its fields: {', '.join(known)}.")
             # unlocked: a field its YAML leaves to the dataclass default (normalize) may be set too
             node = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(base)), overrides)
-            solo = OmegaConf.merge(cfg, {"bank": [], "tags": [*cfg.tags, name]})
+            solo = OmegaConf.merge(cfg, {"bank": [], "tags": [*cfg.tags, name], "layer": layer})
             solo.dictionary = node
-            members.append(Member(name, run_dir / name, build_node(node, f"bank[{i}]"), solo))
+            members.append(member(name, run_dir / name, build_node(node, f"bank[{i}]"), solo))
         except ConfigError as e:
             if len(entries) == 1:
                 raise

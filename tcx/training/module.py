@@ -19,25 +19,29 @@ from tcx.training.schedule import Schedule
 
 
 class DictionaryBank(L.LightningModule):
-    def __init__(self, members: Mapping[str, Dictionary], optimizer: Callable, lr: float,
-                 schedule: Schedule):
+    def __init__(self, members: Mapping[str, Dictionary], reads: Mapping[str, tuple[str, str]],
+                 optimizer: Callable, lr: float, schedule: Schedule):
         super().__init__()
         self.members = nn.ModuleDict(dict(members))
+        self.reads = dict(reads)
+        """Member key -> (input hookpoint, target hookpoint): the batch entries it trains on."""
         self.optimizer_factory, self.lr, self.schedule = optimizer, lr, schedule
         self.retired: dict[str, str] = {}
         """Members of a bank whose loss went non-finite: they stop training, the others go on."""
+        self.step_outputs: dict[str, StepOutput] = {}
+        """This step's output of every active member, detached: what the callbacks read."""
 
     def on_train_start(self) -> None:
         if self.global_step == 0:  # a resumed run keeps its trained b_dec
             batch = self.trainer.datamodule.stream.chunk(0)
-            for member in self.members.values():
-                member.init_from_data(batch[member.cfg.input_site].to(self.device),
-                                      batch[member.cfg.target_site].to(self.device))
+            for key, member in self.members.items():
+                x, target = (batch[hook].to(self.device) for hook in self.reads[key])
+                member.init_from_data(x, target)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         scale = self.schedule.sparsity_scale(self.global_step)
         outs: dict[str, StepOutput] = {
-            name: m(batch[m.cfg.input_site], batch[m.cfg.target_site], sparsity_scale=scale)
+            name: m(*(batch[hook] for hook in self.reads[name]), sparsity_scale=scale)
             for name, m in self.members.items() if name not in self.retired
         }
         loss = torch.stack([o.loss for o in outs.values()]).sum()
@@ -51,8 +55,8 @@ class DictionaryBank(L.LightningModule):
             outs = {n: o for n, o in outs.items() if n not in bad}
             loss = torch.stack([o.loss for o in outs.values()]).sum()
         self.log("loss", loss, prog_bar=True, logger=False)
-        detached = {n: StepOutput(*(t if t is None else t.detach() for t in o)) for n, o in outs.items()}
-        return {"loss": loss, "outs": detached}
+        self.step_outputs = {n: StepOutput(*(t if t is None else t.detach() for t in o)) for n, o in outs.items()}
+        return loss
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["retired"] = dict(self.retired)

@@ -2,37 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tcx import metrics_file
 from tcx.config import TrainerConfig, build_node
+from tcx.data.corpus import Corpus
 from tcx.data.windows import TokenWindows, load_windows
 from tcx.errors import ConfigError
 from tcx.io import write_json, write_text
 from tcx.models.lm import LanguageModel
-from tcx.models.spec import moved_target
-from tcx.training.callbacks import (
-    AuxK,
-    DeadFeatures,
-    HeldOutEvaluation,
-    MemberLogs,
-    MemberOutputs,
-    Resample,
-    Throughput,
-)
+from tcx.models.spec import ModelSpec, moved_target
+from tcx.training.callbacks import DeadFeatures, MemberLogs, MemberOutputs, Throughput, TrainingState
 from tcx.training.checkpoint import AtomicCheckpointIO, resume_checkpoint, tidy_run_dir
 from tcx.training.data import ActivationData
 from tcx.training.lock import run_dir_lock
-from tcx.training.members import plan_members
+from tcx.training.members import Member, plan_members
 from tcx.training.module import DictionaryBank
 from tcx.training.preemption import CheckpointOnSignal
 from tcx.training.schedule import Schedule
@@ -83,48 +78,67 @@ def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
             "experiments. Use a new run dir (hydra.run.dir=...) or the old values.")
 
 
-def make_callbacks(tcfg: TrainerConfig, members, hooks: dict[str, str], windows, meta: dict, run_dir: Path,
-                   seed: int) -> tuple[list[L.Callback], MemberOutputs]:
-    """Everything around the training step, one callback per idea; `outputs.final` holds the results.
-    What one reads of another is handed to it here. Lightning calls them in list order (checkpoints
-    last): `dead` first, so the others read this step's count."""
+def make_callbacks(cfg: DictConfig, tcfg: TrainerConfig, members, windows, meta: dict,
+                   run_dir: Path) -> tuple[list[L.Callback], MemberOutputs]:
+    """The run's own machinery, then the `callbacks` group's entries (a `_partial_` one is handed the
+    run's `TrainingState`; one that builds None is off); `outputs.final` holds the results.
+    Lightning calls them in list order (checkpoints last): `dead` first, so the others read this
+    step's count."""
     dead, throughput = DeadFeatures(tcfg.dead_window_tokens), Throughput(tcfg.batch_size)
-    evaluation = (HeldOutEvaluation(members, hooks, windows, tcfg.eval_tokens, tcfg.eval_every_n_tokens,
-                                    tcfg.batch_size) if tcfg.eval_tokens else None)
     logs = MemberLogs(members, dead, tcfg.batch_size, tcfg.log_every_n_steps, tcfg.metrics_window_steps)
-    outputs = MemberOutputs(logs, dead, throughput, tcfg.batch_size, meta, evaluation)
+    outputs = MemberOutputs(logs, dead, throughput, tcfg.batch_size, meta)
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=tcfg.checkpoint_every_n_steps,
                                   save_top_k=0, save_last=True, save_on_train_epoch_end=True)
     callbacks: list[L.Callback] = [dead, throughput, logs, outputs, checkpoints,
                                    CheckpointOnSignal(run_dir / "checkpoints" / "last.ckpt")]
-    if evaluation:
-        callbacks.append(evaluation)
-    if tcfg.auxk:
-        callbacks.append(AuxK(dead))
-    if tcfg.resample_every_n_tokens:
-        callbacks.append(Resample(dead, max(1, tcfg.resample_every_n_tokens // tcfg.batch_size), seed))
-    if tcfg.progress_bar:
-        callbacks.append(TQDMProgressBar())
+    state = TrainingState(trainer=tcfg, members=members, windows=windows, seed=cfg.seed, dead=dead)
+    for name, entry in cfg.callbacks.items():
+        if entry is None:
+            continue
+        try:
+            built = instantiate(entry)
+            built = built(state=state) if isinstance(built, functools.partial) else built
+        except Exception as e:
+            raise ConfigError(f"callbacks.{name} could not be built: {e}") from e
+        if built is not None and not isinstance(built, L.Callback):
+            raise ConfigError(f"callbacks.{name} built a {type(built).__name__}, not a Lightning callback.")
+        if built is not None:
+            callbacks.append(built)
     return callbacks, outputs
 
 
-def open_stream_inputs(spec, corpus, cfg: DictConfig, members, tcfg: TrainerConfig
-                       ) -> tuple[LanguageModel, dict[str, str], TokenWindows]:
-    """The model, the hookpoint of every site a member reads, and the corpus's windows."""
-    lm = spec.load("cpu", tcfg.model_dtype)
-    sites = sorted({s for m in members for s in (m.cfg.input_site, m.cfg.target_site)})
-    hooks = {site: lm.hook_name(site, cfg.layer) for site in sites}
-    return lm, hooks, load_windows(corpus, lm, tcfg.max_tokens, cfg.cache_dir)
+class RunPlan(NamedTuple):
+    """What a run's config asks for, each part validated: built before the first byte is written or
+    the first model weight is read (by `tcx-train` and by `tcx-cache`)."""
+
+    spec: ModelSpec
+    corpus: Corpus
+    trainer: TrainerConfig
+    members: list[Member]
+    failures: dict[Path, str]
+    """Bank members that cannot be trained (folder -> why); the others still are."""
+
+
+def plan_run(cfg: DictConfig, run_dir: Path) -> RunPlan:
+    spec = build_node(cfg.model, "model")
+    spec.check_layer(cfg.layer)
+    return RunPlan(spec, build_node(cfg.data, "data"), OmegaConf.to_object(cfg.trainer), *plan_members(cfg, run_dir))
+
+
+def open_stream_inputs(plan: RunPlan, cfg: DictConfig) -> tuple[LanguageModel, dict[str, str], TokenWindows]:
+    """The model, every hookpoint a member reads (at its own layer; the stream's batches are keyed
+    by hookpoint, so the model runs once, to the deepest), and the corpus's windows."""
+    tcfg = plan.trainer
+    lm = plan.spec.load("cpu", tcfg.model_dtype)
+    hooks = sorted({lm.hook_name(site, m.layer)
+                    for m in plan.members for site in (m.cfg.input_site, m.cfg.target_site)})
+    return lm, {h: h for h in hooks}, load_windows(plan.corpus, lm, tcfg.max_tokens, cfg.cache_dir, tcfg.eval_tokens)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
     """Train every member of `cfg` in `run_dir`; return each member's final metrics."""
-    # Validate everything before the first byte is written or the first model weight is read.
-    spec = build_node(cfg.model, "model")
-    spec.check_layer(cfg.layer)
-    corpus = build_node(cfg.data, "data")
-    tcfg: TrainerConfig = OmegaConf.to_object(cfg.trainer)
-    members, failures = plan_members(cfg, run_dir)
+    plan = plan_run(cfg, run_dir)
+    tcfg, members = plan.trainer, plan.members
     # (processes Lightning starts itself start later, into the folder rank 0 has prepared)
     if not cfg.resume and (int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ):
         raise ConfigError("resume=false with several processes started together (SLURM tasks, torchrun): "
@@ -142,10 +156,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
                 return done
         if rank_zero_only.rank == 0:  # one writer; DDP's other ranks only read
             write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-            for directory, error in failures.items():
+            for directory, error in plan.failures.items():
                 log.error("bank member %s not trained: %s", directory.name, error)
                 write_json(directory / "error.json", {"error": error})
-        return fit(cfg, run_dir, spec, corpus, tcfg, members, checkpoint[0] if checkpoint else None)
+        return fit(cfg, run_dir, plan, checkpoint[0] if checkpoint else None)
 
 
 def finished(members) -> dict[str, dict[str, float]] | None:
@@ -158,28 +172,28 @@ def finished(members) -> dict[str, dict[str, float]] | None:
     return {m.name: metrics_file.read(m.dir) for m in members if metrics_file.exists(m.dir)}
 
 
-def fit(cfg: DictConfig, run_dir: Path, spec, corpus, tcfg: TrainerConfig, members,
-        checkpoint: Path | None) -> dict[str, dict[str, float]]:
+def fit(cfg: DictConfig, run_dir: Path, plan: RunPlan, checkpoint: Path | None) -> dict[str, dict[str, float]]:
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    lm, hooks, windows = open_stream_inputs(spec, corpus, cfg, members, tcfg)
-    probe = lm.run_to(windows.tokens[:1], list(hooks.values()))
-    dims = {site: probe[hook].shape[-1] for site, hook in hooks.items()}
+    tcfg, members = plan.trainer, plan.members
+    lm, hooks, windows = open_stream_inputs(plan, cfg)
+    probe = lm.run_to(windows.train[:1], list(hooks.values()))
+    dims = {hook: probe[hook].shape[-1] for hook in hooks}
 
     schedule = Schedule(tcfg.max_steps, tcfg.lr_warmup_steps, tcfg.lr_decay_fraction,
                         tcfg.sparsity_warmup_fraction)
     bank = DictionaryBank(
-        {m.key: m.cfg.build(dims[m.cfg.input_site], dims[m.cfg.target_site], seed=cfg.seed)
-         for m in members},
-        instantiate(cfg.optimizer), cfg.lr, schedule)
+        {m.key: m.cfg.build(dims[m.input_hook], dims[m.target_hook], seed=cfg.seed) for m in members},
+        {m.key: (m.input_hook, m.target_hook) for m in members}, instantiate(cfg.optimizer), cfg.lr, schedule)
     data = ActivationData(lm, windows, hooks, tcfg, cfg.seed, cfg.cache_dir)
 
-    meta = {"model": spec.name, "layer": cfg.layer, "hooks": hooks, "seed": cfg.seed}
-    callbacks, outputs = make_callbacks(tcfg, members, hooks, windows, meta, run_dir, cfg.seed)
+    meta = {"model": plan.spec.name, "seed": cfg.seed}
+    callbacks, outputs = make_callbacks(cfg, tcfg, members, windows, meta, run_dir)
     trainer = L.Trainer(
         max_steps=tcfg.max_steps, max_epochs=-1, accelerator=tcfg.accelerator, devices=tcfg.devices,
         num_nodes=tcfg.num_nodes, strategy=tcfg.strategy, precision=tcfg.precision, callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=tcfg.progress_bar,
+        plugins=[AtomicCheckpointIO()], logger=False,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
         use_distributed_sampler=False, default_root_dir=run_dir, profiler=tcfg.profiler)
     if checkpoint is not None:

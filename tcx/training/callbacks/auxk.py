@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 
 from tcx.training.callbacks.dead import DeadFeatures
+from tcx.training.callbacks.state import TrainingState
 
 
 class AuxK(L.Callback):
@@ -12,6 +13,10 @@ class AuxK(L.Callback):
 
     def __init__(self, dead: DeadFeatures):
         self.dead = dead
+
+    @classmethod
+    def build(cls, state: TrainingState) -> AuxK | None:
+        return cls(state.dead) if state.trainer.auxk else None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         for key, member in pl_module.members.items():

@@ -28,7 +28,7 @@ class DeadFeatures(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = next(iter(batch.values())).shape[0] * trainer.world_size
         self.tokens_seen += n
-        for name, out in outputs["outs"].items():
+        for name, out in pl_module.step_outputs.items():
             fired = metrics.fired(out.z)
             if trainer.world_size > 1:
                 fired = trainer.strategy.reduce(fired.float(), reduce_op="max").bool()

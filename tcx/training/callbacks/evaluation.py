@@ -5,17 +5,23 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from tcx.training.callbacks.state import TrainingState
 from tcx.training.members import Member
 
 
 class HeldOutEvaluation(L.Callback):
     """Each member's held-out metrics and spliced fidelity, every N training tokens and at the end."""
 
-    def __init__(self, members: list[Member], hooks: dict[str, str], windows, tokens: int,
-                 every_tokens: int, batch_size: int):
-        self.members, self.hooks, self.windows = members, hooks, windows
+    def __init__(self, members: list[Member], windows, tokens: int, every_tokens: int, batch_size: int):
+        self.members, self.windows = members, windows
         self.n_windows = max(1, -(-tokens // windows.tokens_per_window))
         self.every_steps = max(1, every_tokens // batch_size) if every_tokens else 0
+
+    @classmethod
+    def build(cls, state: TrainingState) -> HeldOutEvaluation | None:
+        t = state.trainer
+        return (cls(state.members, state.windows, t.eval_tokens, t.eval_every_n_tokens, t.batch_size)
+                if t.eval_tokens else None)
 
     def measure(self, trainer, pl_module) -> dict[str, tuple[dict[str, float], torch.Tensor]]:
         """All active members in one pass over the held-out tokens: the clean run, the ablations
@@ -24,8 +30,7 @@ class HeldOutEvaluation(L.Callback):
         from tcx.runs import Placed
 
         active = [m for m in self.members if m.key not in pl_module.retired]
-        placed = [Placed(pl_module.members[m.key], self.hooks[m.cfg.input_site], self.hooks[m.cfg.target_site])
-                  for m in active]
+        placed = [Placed(pl_module.members[m.key], m.input_hook, m.target_hook) for m in active]
         for p in placed:
             p.dictionary.eval()  # inference behaviour, e.g. BatchTopK's threshold instead of batch ranking
         try:

@@ -40,8 +40,8 @@ class MemberLogs(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        for key, out in outputs["outs"].items():
-            target = batch[pl_module.members[key].cfg.target_site]
+        for key, out in pl_module.step_outputs.items():
+            target = batch[pl_module.reads[key][1]]
             row = {"loss": out.loss, "mse": metrics.mse(out.y, target), "sparsity": out.sparsity,
                    "aux": 0.0 if out.aux is None else out.aux, "l0": metrics.l0(out.z),
                    "fvu": metrics.fvu(out.y, target)}
@@ -75,12 +75,13 @@ class MemberLogs(L.Callback):
 
 class MemberOutputs(L.Callback):
     """At the end: every member's summary (the training window, dead features, throughput, the
-    held-out evaluation) into `final`, and its folder's outputs (weights, metrics.json, eval.json,
-    density plot, config) written; a retired member gets its error.json. Then its logger is closed."""
+    held-out evaluation, when the run has one among its callbacks) into `final`, and its folder's
+    outputs (weights, metrics.json, eval.json, density plot, config) written; a retired member gets
+    its error.json. Then its logger is closed."""
 
     def __init__(self, logs: MemberLogs, dead: DeadFeatures, throughput: Throughput, batch_size: int,
-                 meta: dict[str, Any], evaluation: HeldOutEvaluation | None = None):
-        self.logs, self.dead, self.throughput, self.evaluation = logs, dead, throughput, evaluation
+                 meta: dict[str, Any]):
+        self.logs, self.dead, self.throughput = logs, dead, throughput
         self.batch_size, self.meta = batch_size, meta
         self.final: dict[str, dict[str, float]] = {}
         self.resumed_from_step: int | None = None
@@ -104,7 +105,8 @@ class MemberOutputs(L.Callback):
             self.resumed_from_step = trainer.global_step
         if not trainer.is_global_zero:
             return
-        held_out = self.evaluation.measure(trainer, pl_module) if self.evaluation else {}
+        evaluation = next((c for c in trainer.callbacks if isinstance(c, HeldOutEvaluation)), None)
+        held_out = evaluation.measure(trainer, pl_module) if evaluation else {}
         for key, member in self.logs.members.items():
             if key in pl_module.retired:
                 write_json(member.dir / "error.json", {"error": pl_module.retired[key]})

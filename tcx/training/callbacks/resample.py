@@ -6,6 +6,7 @@ import lightning as L
 import torch
 
 from tcx.training.callbacks.dead import DeadFeatures
+from tcx.training.callbacks.state import TrainingState
 
 
 class Resample(L.Callback):
@@ -16,6 +17,11 @@ class Resample(L.Callback):
 
     def __init__(self, dead: DeadFeatures, every_steps: int, seed: int):
         self.dead, self.every_steps, self.seed = dead, every_steps, seed
+
+    @classmethod
+    def build(cls, state: TrainingState) -> Resample | None:
+        every, batch = state.trainer.resample_every_n_tokens, state.trainer.batch_size
+        return cls(state.dead, max(1, every // batch), state.seed) if every else None
 
     @staticmethod
     def _global(trainer, rows: torch.Tensor) -> torch.Tensor:
@@ -29,13 +35,15 @@ class Resample(L.Callback):
         if step % self.every_steps or step >= trainer.max_steps:
             return
         optimizer = trainer.optimizers[0]
+        outs = pl_module.step_outputs
         for key, d in pl_module.members.items():
             dead = self.dead.mask(key)
-            if d.supports_auxk or key not in outputs["outs"] or dead is None or not dead.any():
+            if d.supports_auxk or key not in outs or dead is None or not dead.any():
                 continue  # (a retired member has no output)
             dead = dead.to(d.W_enc.device)
-            x = self._global(trainer, batch[d.cfg.input_site])
-            residual = self._global(trainer, batch[d.cfg.target_site] - outputs["outs"][key].y)
+            input_hook, target_hook = pl_module.reads[key]
+            x = self._global(trainer, batch[input_hook])
+            residual = self._global(trainer, batch[target_hook] - outs[key].y)
             error = residual.pow(2).sum(-1)
             gen = torch.Generator(device=error.device).manual_seed(self.seed * 1_000_003 + step)
             rows = torch.multinomial(error / error.sum(), int(dead.sum()), replacement=True, generator=gen)
