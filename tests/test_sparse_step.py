@@ -99,9 +99,10 @@ def test_ties_give_the_same_step(monkeypatch):
 def test_batch_top_k_is_exact_when_one_row_takes_most():
     """Ranking among each row's 2k largest must not miss entries of a row that holds more."""
     torch.manual_seed(0)
-    for n, m, k in [(50, 48, 3), (7, 10, 10), (64, 100, 1)]:
+    for n, m, k in [(50, 48, 3), (7, 10, 10), (64, 100, 1), (40, 400, 2)]:
         pre = torch.randn(n, m)
         pre[0] += 5  # row 0 alone holds most of the batch's top k·n
+        pre[1:3] += 2.5  # and two rows hold more than 2k: widened once or twice, beside row 0
         values, index, counts = batch_top_k(k)(pre)
         z = torch.zeros(n, m)
         z[torch.repeat_interleave(torch.arange(n), counts), index] = values

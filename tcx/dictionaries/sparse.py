@@ -89,17 +89,25 @@ def top_k(k: int) -> Rule:
 
 
 def batch_top_k(k: int) -> Rule:
-    """The k·batch largest of the whole batch, negative ones zeroed. Ranked among each row's 2k
-    largest when that provably loses nothing (no row is full up to the batch's cut), which is
-    exact and 7x faster than ranking all batch·d_sae entries; else among all of them."""
+    """The k·batch largest of the whole batch, negative ones zeroed, ranked among each row's
+    largest few: 2k per row to start with. The ranking is exact once no row is full (a row whose
+    every candidate made the batch's cut may hold more above it); the full rows alone are widened
+    fourfold and the batch ranked again, which is far cheaper than ranking all batch·d_sae entries."""
     def rule(pre: Tensor) -> Selection:
         n, m = pre.shape
         candidates, columns = pre.topk(min(2 * k, m), dim=-1, sorted=False)
-        values, pick = candidates.flatten().topk(k * n, sorted=False)
-        rows, index = pick // candidates.shape[1], columns.flatten()[pick]
-        if candidates.shape[1] < m and bool((candidates.min(1).values > values.min()).any()):
-            values, pick = pre.flatten().topk(k * n, sorted=False)
-            rows, index = pick // m, pick % m
+        while True:
+            values, pick = candidates.flatten().topk(k * n, sorted=False)
+            width = candidates.shape[1]
+            full = (candidates.min(1).values > values.min()).nonzero().flatten()
+            if width == m or not len(full):
+                break
+            wider = min(4 * width, m)
+            more, more_columns = pre[full].topk(wider, dim=-1, sorted=False)
+            candidates = torch.cat([candidates, candidates.new_full((n, wider - width), float("-inf"))], 1)
+            columns = torch.cat([columns, columns.new_zeros(n, wider - width)], 1)
+            candidates[full], columns[full] = more, more_columns
+        rows, index = pick // width, columns.flatten()[pick]
         order = rows.argsort(stable=True)
         return values[order].clamp_min(0), index[order], torch.bincount(rows, minlength=n)
     return rule

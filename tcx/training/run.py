@@ -92,7 +92,7 @@ def make_callbacks(cfg: DictConfig, tcfg: TrainerConfig, members, windows, meta:
     callbacks: list[L.Callback] = [dead, throughput, logs, outputs, checkpoints,
                                    CheckpointOnSignal(run_dir / "checkpoints" / "last.ckpt")]
     state = TrainingState(trainer=tcfg, members=members, windows=windows, seed=cfg.seed, dead=dead)
-    for name, entry in cfg.callbacks.items():
+    for name, entry in (cfg.get("callbacks") or {}).items():
         if entry is None:
             continue
         try:
