@@ -79,6 +79,7 @@ def test_bank_members_match_solo_runs(make_cfg, tmp_path):
     assert not torch.equal(first, last)
 
 
+@ONCE_IN_CI
 def test_a_bank_across_layers_runs_the_model_once_and_matches_solo_runs(make_cfg, tmp_path):
     """Members at different layers share one pass of the model (to the deepest) and each ends with
     its solo run's weights and held-out numbers (its fidelity against ablating its own MLP alone)."""
