@@ -87,21 +87,9 @@ def load_windows(corpus: Corpus, lm: LanguageModel, train_tokens: int, cache_dir
     key = hashlib.sha256(
         f"{corpus.fingerprint()}|{lm.spec.name}|{lm.spec.ctx_len}|{prefix}|{suffix}|"
         f"{lm.spec.separator_token}|{corpus.holdout}|{every}|{PIECE_WINDOWS}".encode()).hexdigest()[:20]
-    held_windows = math.ceil(heldout_tokens / body)
-    if corpus.holdout == "windows":
-        n_train = windows_needed(train_tokens, body, every)  # as before, so earlier runs reproduce
-        need = {"all": max(n_train, held_windows * every)}
-        sides: Callable[[str, int], list[str]] = lambda _, n: ["all"] * n  # noqa: E731
-    else:
-        need = {"train": math.ceil(train_tokens / body), "heldout": held_windows}
-        sides = lambda doc, n: ["heldout" if h else "train" for h in heldout_pieces(doc, n, every)]  # noqa: E731
-    streams = _cached_or_tokenised(corpus, lm, Path(cache_dir).expanduser(), key, need, sides, body)
-    if corpus.holdout == "windows":
-        tokens = streams["all"][: need["all"]]
-        held = torch.arange(len(tokens)) % every == every - 1
-        train, heldout = tokens[:n_train][~held[:n_train]], tokens[held]
-    else:
-        train, heldout = streams["train"][: need["train"]], streams["heldout"]
+    split = _split_by_windows if corpus.holdout == "windows" else _split_by_documents
+    train, heldout = split(corpus, lm, Path(cache_dir).expanduser(), key, train_tokens,
+                           math.ceil(heldout_tokens / body), body)
     if len(train) < math.ceil(train_tokens / body):
         log.warning("corpus %s holds %d training windows, fewer than the %d asked for: training "
                     "repeats it", corpus.name, len(train), math.ceil(train_tokens / body))
@@ -111,6 +99,32 @@ def load_windows(corpus: Corpus, lm: LanguageModel, train_tokens: int, cache_dir
                           f"1 in data.holdout_every={every}, and none of this corpus's fell there. Give it "
                           "more text, or lower data.holdout_every.")
     return TokenWindows(train, heldout, len(prefix), len(suffix))
+
+
+def _split_by_documents(corpus: Corpus, lm: LanguageModel, cache: Path, key: str, train_tokens: int,
+                        held_windows: int, body: int) -> tuple[Tensor, Tensor]:
+    """Training and held-out windows from two streams, each document's pieces sent by their hash."""
+    def sides(doc: str, n: int) -> list[str]:
+        return ["heldout" if h else "train" for h in heldout_pieces(doc, n, corpus.holdout_every)]
+
+    train_windows = math.ceil(train_tokens / body)
+    streams = _cached_or_tokenised(corpus, lm, cache, key, {"train": train_windows, "heldout": held_windows},
+                                   sides, body)
+    return streams["train"][:train_windows], streams["heldout"]
+
+
+def _split_by_windows(corpus: Corpus, lm: LanguageModel, cache: Path, key: str, train_tokens: int,
+                      held_windows: int, body: int) -> tuple[Tensor, Tensor]:
+    """Every `holdout_every`-th window of one stream held out. The training windows are those among
+    the first `windows_needed(train_tokens)`, exactly as before documents were split, so earlier runs
+    reproduce; more held-out windows, when asked for, come from further on."""
+    every = corpus.holdout_every
+    n_train = windows_needed(train_tokens, body, every)
+    n = max(n_train, held_windows * every)
+    tokens = _cached_or_tokenised(corpus, lm, cache, key, {"all": n}, lambda _, pieces: ["all"] * pieces,
+                                  body)["all"][:n]
+    held = torch.arange(len(tokens)) % every == every - 1
+    return tokens[:n_train][~held[:n_train]], tokens[held]
 
 
 def _cached_or_tokenised(corpus: Corpus, lm: LanguageModel, cache: Path, key: str, need: dict[str, int],

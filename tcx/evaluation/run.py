@@ -88,9 +88,9 @@ def measure(lm, placed: list[Placed], heldout: torch.Tensor, valid: slice, batch
                 losses.setdefault(k, []).append(v.cpu())
     mean_loss = {k: torch.cat(v).mean().item() for k, v in losses.items()}
     joint = fidelity(mean_loss, "spliced", lm.spec.kind)
-    own = (lambda p: f"@{p.target_hook}") if len(targets) > 1 else (lambda p: "")  # noqa: E731
     rows = [{**s.result(dense_threshold),
-             **(joint if len(placed) == 1 else fidelity(mean_loss, f"alone_{i}", lm.spec.kind, own(p)))}
+             **(joint if len(placed) == 1 else fidelity(mean_loss, f"alone_{i}", lm.spec.kind,
+                                                        f"@{p.target_hook}" if len(targets) > 1 else ""))}
             for i, (p, s) in enumerate(zip(placed, stats, strict=True))]
     return rows, joint, [s.fired.double() / s.rows for s in stats]
 

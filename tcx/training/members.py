@@ -32,9 +32,9 @@ class Member:
     cfg: DictionaryConfig
     config: DictConfig
     """The full config of a solo run of this member."""
-    input_hook: str = ""
+    input_hook: str
     """The hookpoint it reads (its input site at its layer); batches are keyed by hookpoint."""
-    target_hook: str = ""
+    target_hook: str
     logger: Any = field(default=None, repr=False)
 
     @property

@@ -100,10 +100,11 @@ def make_callbacks(cfg: DictConfig, tcfg: TrainerConfig, members, windows, meta:
             built = built(state=state) if isinstance(built, functools.partial) else built
         except Exception as e:
             raise ConfigError(f"callbacks.{name} could not be built: {e}") from e
-        if built is not None and not isinstance(built, L.Callback):
+        if built is None:
+            continue
+        if not isinstance(built, L.Callback):
             raise ConfigError(f"callbacks.{name} built a {type(built).__name__}, not a Lightning callback.")
-        if built is not None:
-            callbacks.append(built)
+        callbacks.append(built)
     return callbacks, outputs
 
 
