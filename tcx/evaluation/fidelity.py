@@ -7,6 +7,7 @@ L2-normalised sentence embedding, and the loss is 1 - cos(clean embedding, splic
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,15 +35,8 @@ def causal_kl(clean: Tensor, other: Tensor) -> Tensor:
 def encoder_outputs(lm, tokens: Tensor, hooks: Sequence[tuple[str, Callable]]) -> Tensor:
     """The sentence embedding [batch, d]: mean over positions of `embedding_hook`, normalised."""
     name = lm.spec.embedding_hook
-    captured: dict[str, Tensor] = {}
-
-    def grab(act: Tensor, hook) -> Tensor:
-        captured["h"] = act
-        return act
-
-    # The embedding hook is read after the splice hooks so it sees their effect.
-    lm.run_with_hooks(tokens, [*hooks, (name, grab)], return_type=None)
-    return F.normalize(captured["h"].float().mean(1), dim=-1)
+    # (the forward stops there: MiniLM's 30k-vocab head after it would cost 2.5x the rest)
+    return F.normalize(lm.run_to(tokens, [name], edits=hooks)[name].float().mean(1), dim=-1)
 
 
 def encoder_loss(clean: Tensor, other: Tensor) -> Tensor:
@@ -51,15 +45,23 @@ def encoder_loss(clean: Tensor, other: Tensor) -> Tensor:
 
 
 @torch.inference_mode()
-def model_losses(lm, tokens: Tensor, variants: dict[str, list]) -> dict[str, Tensor]:
-    """Per-window loss of each variant (name -> hooks), plus KL for causal models."""
+def model_losses(lm, tokens: Tensor, variants: dict[str, list], read: Sequence[str] = ()
+                 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per-window loss of each variant (name -> hooks), plus KL for causal models; and the clean
+    run's activations at the hooks in `read` (so nobody runs the clean model twice)."""
     causal = lm.spec.kind == "causal"
     run = causal_outputs if causal else encoder_outputs
-    clean = run(lm, tokens, [])
+    acts: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook, name: str) -> Tensor:
+        acts[name] = act
+        return act
+
+    clean = run(lm, tokens, [(h, functools.partial(keep, name=h)) for h in dict.fromkeys(read)])
     out: dict[str, Tensor] = {"clean": causal_loss(clean, tokens) if causal else encoder_loss(clean, clean)}
     for name, hooks in variants.items():
         other = run(lm, tokens, hooks)
         out[name] = causal_loss(other, tokens) if causal else encoder_loss(clean, other)
         if causal:
             out[f"kl_{name}"] = causal_kl(clean, other)
-    return out
+    return out, acts

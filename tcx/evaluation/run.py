@@ -54,16 +54,18 @@ class Stats:
 
 
 def measure(lm, placed: list[Placed], heldout: torch.Tensor, valid: slice, batch_windows: int = 16,
-            dense_threshold: float = 0.1, progress: bool = True
-            ) -> tuple[list[dict[str, float]], dict[str, float], list[torch.Tensor]]:
+            dense_threshold: float = 0.1, progress: bool = True, joint: bool = True
+            ) -> tuple[list[dict[str, float]], dict[str, float] | None, list[torch.Tensor]]:
     """Per-dictionary rows, the joint fidelity of all spliced together, and firing frequencies.
     Each dictionary's row is its fidelity spliced in alone, against ablating its own target alone
     (so dictionaries at several layers each get what their solo evaluation gives); the joint one
-    is against ablating every target."""
+    is against ablating every target. `joint=False` skips the joint run of several dictionaries
+    (returned as None): a bank in training has no use for it."""
     means = target_means(lm, heldout, [p.target_hook for p in placed], valid, batch_windows)
-    variants = {"spliced": splice_hooks(placed, valid),
-                "zero_ablated": ablation_hooks({p.target_hook: None for p in placed}, valid),
+    variants = {"zero_ablated": ablation_hooks({p.target_hook: None for p in placed}, valid),
                 "mean_ablated": ablation_hooks({p.target_hook: means[p.target_hook] for p in placed}, valid)}
+    if joint or len(placed) == 1:
+        variants["spliced"] = splice_hooks(placed, valid)
     if len(placed) > 1:
         variants.update({f"alone_{i}": splice_hooks([p], valid) for i, p in enumerate(placed)})
     targets = list(dict.fromkeys(p.target_hook for p in placed))
@@ -78,21 +80,21 @@ def measure(lm, placed: list[Placed], heldout: torch.Tensor, valid: slice, batch
         for start in tqdm(range(0, len(heldout), batch_windows), desc="evaluating", unit="batch",
                           disable=not progress, leave=False):
             tokens = heldout[start: start + batch_windows]
-            acts = lm.run_to(tokens, hooks)
+            batch_losses, acts = model_losses(lm, tokens, variants, read=hooks)
             for p, s in zip(placed, stats, strict=True):
                 dtype = p.dictionary.W_enc.dtype
                 x, t = (acts[h][:, valid].reshape(-1, acts[h].shape[-1]).to(dtype)
                         for h in (p.input_hook, p.target_hook))
                 s.add(*p.dictionary.encode_decode(x), t)
-            for k, v in model_losses(lm, tokens, variants).items():
+            for k, v in batch_losses.items():
                 losses.setdefault(k, []).append(v.cpu())
     mean_loss = {k: torch.cat(v).mean().item() for k, v in losses.items()}
-    joint = fidelity(mean_loss, "spliced", lm.spec.kind)
+    together = fidelity(mean_loss, "spliced", lm.spec.kind) if "spliced" in mean_loss else None
     rows = [{**s.result(dense_threshold),
-             **(joint if len(placed) == 1 else fidelity(mean_loss, f"alone_{i}", lm.spec.kind,
-                                                        f"@{p.target_hook}" if len(targets) > 1 else ""))}
+             **(together if len(placed) == 1 else fidelity(mean_loss, f"alone_{i}", lm.spec.kind,
+                                                           f"@{p.target_hook}" if len(targets) > 1 else ""))}
             for i, (p, s) in enumerate(zip(placed, stats, strict=True))]
-    return rows, joint, [s.fired.double() / s.rows for s in stats]
+    return rows, together, [s.fired.double() / s.rows for s in stats]
 
 
 def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: int = 16,

@@ -80,9 +80,11 @@ class LanguageModel:
         return name
 
     @torch.inference_mode()
-    def run_to(self, tokens: Int[Tensor, "batch pos"], hooks: Sequence[str]
-               ) -> dict[str, Float[Tensor, "batch pos d"]]:
-        """Activations at `hooks`, stopping the forward pass as soon as all are captured."""
+    def run_to(self, tokens: Int[Tensor, "batch pos"], hooks: Sequence[str],
+               edits: Sequence[tuple[str, Callable]] = ()) -> dict[str, Float[Tensor, "batch pos d"]]:
+        """Activations at `hooks`, stopping the forward pass as soon as all are captured. `edits`
+        (hooks that may rewrite activations: splices, ablations) run first, so the activations
+        read are the edited model's."""
         hooks = list(dict.fromkeys(hooks))
         cache: dict[str, Tensor] = {}
 
@@ -92,7 +94,7 @@ class LanguageModel:
                 raise _StopForward
             return act
 
-        fwd = [(h, functools.partial(save, name=h)) for h in hooks]
+        fwd = [*edits, *((h, functools.partial(save, name=h)) for h in hooks)]
         try:
             with self.bridge.hooks(fwd_hooks=fwd):
                 self.bridge(tokens.to(self.device), return_type=None)

@@ -35,7 +35,7 @@ class HeldOutEvaluation(L.Callback):
             p.dictionary.eval()  # inference behaviour, e.g. BatchTopK's threshold instead of batch ranking
         try:
             rows, _, freqs = measure(trainer.datamodule.lm, placed, self.windows.heldout[: self.n_windows],
-                                     self.windows.valid, progress=False)
+                                     self.windows.valid, progress=False, joint=False)
         finally:
             for p in placed:
                 p.dictionary.train()
