@@ -1,10 +1,12 @@
 """The default main job (`tcx-train`) end to end, with where the time goes: the model's forward
-(inside fetching a batch), the dictionary step (forward, backward, optimiser), and the rest
-(start-up, model load, held-out evaluation, checkpoints). Runs side by side in one go:
+(inside fetching a batch), the dictionary step (forward, backward, optimiser), the held-out
+evaluation at the end (with the members' output files), and the rest (start-up, model load,
+checkpoints). Runs side by side in one go:
 
     python benchmarks/main_job.py steps    # dense steps (TCX_SPARSE=0, tcx before #16) vs sparse: ~20 min
     python benchmarks/main_job.py cache    # live vs trainer.activation_cache=true, 1st and 2nd run: ~30 min
     python benchmarks/main_job.py cache trainer.max_tokens=500000
+    python benchmarks/main_job.py commit HEAD~1   # that commit's tcx (git archive), then this tree's: ~25 min
 
 `cache` writes about 3 GB per million tokens to <cache_dir>/activations and removes what it wrote.
 """
@@ -21,25 +23,27 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = {  # Lightning's simple profiler rows -> phase
-    "model forward (batch fetch)": ["train_dataloader_next"],
-    "dictionary step": ["run_training_batch"],
+PHASES = {  # phase -> a pattern for its row in Lightning's simple profiler
+    "model forward (batch fetch)": r"train_dataloader_next",
+    "dictionary step": r"run_training_batch",
+    "held-out evaluation": r"\[Callback\]MemberOutputs[^|]*\.on_train_end",
 }
 
 
-def run(sparse: str, overrides: list[str], out: Path) -> dict[str, float]:
+def run(sparse: str, overrides: list[str], out: Path, tree: Path = REPO) -> dict[str, float]:
+    """One `tcx-train` of the tcx in `tree` (`python -m` imports the package from its cwd)."""
     env = {**os.environ, "TCX_SPARSE": sparse}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "tcx.cli.train", f"hydra.run.dir={out}",
                            "trainer.profiler=simple", "trainer.progress_bar=false", "logger=csv", *overrides],
-                          capture_output=True, text=True, cwd=REPO, env=env)
+                          capture_output=True, text=True, cwd=tree, env=env)
     wall = time.perf_counter() - start
     if proc.returncode:
         sys.exit(proc.stderr[-3000:])
     times = {"wall": wall}
-    for phase, actions in PHASES.items():  # (the profiler's table is printed twice: take the first)
-        times[phase] = sum(float(re.search(rf"{re.escape(a)}\s*\|\s*[\d.e-]+\s*\|\s*\d+\s*\|\s*([\d.e-]+)",
-                                           proc.stdout + proc.stderr).group(1)) for a in actions)
+    for phase, pattern in PHASES.items():  # (the profiler's table is printed twice: take the first)
+        row = re.search(rf"{pattern}\s*\|\s*[\d.e-]+\s*\|\s*\d+\s*\|\s*([\d.e-]+)", proc.stdout + proc.stderr)
+        times[phase] = float(row.group(1)) if row else 0.0  # (an older commit may not have the row)
     summary = [line for line in proc.stdout.splitlines() if line.startswith("main ")][-1].split()
     times["tok/s"] = float(summary[6].replace(",", ""))
     times["L0"], times["FVU"] = float(summary[1]), float(summary[2])
@@ -50,7 +54,15 @@ def main() -> None:
     mode, overrides = sys.argv[1], sys.argv[2:]
     runs: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        if mode == "steps":
+        if mode == "commit":  # that commit's tree, then this one's
+            rev, overrides = overrides[0], overrides[1:]
+            tree = Path(tmp) / "tree"
+            tree.mkdir()
+            archive = subprocess.run(["git", "archive", rev], cwd=REPO, capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+            runs[rev] = run("auto", overrides, Path(tmp) / "before", tree)
+            runs["this tree"] = run("auto", overrides, Path(tmp) / "after")
+        elif mode == "steps":
             runs["dense steps (before)"] = run("0", overrides, Path(tmp) / "dense")
             runs["sparse steps (default)"] = run("auto", overrides, Path(tmp) / "sparse")
         else:
