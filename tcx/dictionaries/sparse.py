@@ -113,12 +113,17 @@ def batch_top_k(k: int) -> Rule:
     return rule
 
 
-def above(threshold: float = 0.0) -> Rule:
-    """Every entry above `threshold` (ReLU for 0)."""
+def marked(mask: Bool[Tensor, "batch d_sae"]) -> Rule:
+    """The entries `mask` marks (a mask already computed, e.g. to count them)."""
     def rule(pre: Tensor) -> Selection:
-        rows, index = (pre > threshold).nonzero(as_tuple=True)
+        rows, index = mask.nonzero(as_tuple=True)
         return pre[rows, index], index, torch.bincount(rows, minlength=len(pre))
     return rule
+
+
+def above(threshold: float = 0.0) -> Rule:
+    """Every entry above `threshold` (ReLU for 0)."""
+    return lambda pre: marked(pre > threshold)(pre)
 
 
 _workspaces: dict[tuple, Tensor] = {}
@@ -222,9 +227,10 @@ def relu_codes(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_in d_sae"
     if not sparse_enabled(x.device):
         return torch.relu(torch.addmm(b_enc, x, W_enc))
     pre = pre_activations(x, W_enc, b_enc)
-    if (pre > 0).sum() > MAX_DENSITY * pre.numel():
+    fires = pre > 0  # (counted, then kept for the sparse codes: one pass over pre, not two)
+    if fires.sum() > MAX_DENSITY * pre.numel():
         return torch.relu(dense_from_pre(x, W_enc, b_enc, pre))
-    return encode_sparse(x, W_enc, b_enc, above(0.0), pre)
+    return encode_sparse(x, W_enc, b_enc, marked(fires), pre)
 
 
 class _DenseFromPre(torch.autograd.Function):
