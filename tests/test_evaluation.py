@@ -168,6 +168,38 @@ def test_encoder_fidelity_is_one_minus_cosine(make_cfg, tmp_path):
     assert r["loss_spliced"] == pytest.approx(r["loss_zero_ablated"], abs=1e-6)
 
 
+def test_sentence_embedding_and_an_ablation_match_hugging_faces_bert(make_cfg):
+    """The encoder's fidelity reads MiniLM's sentence embedding from a forward that stops at the
+    last block (the masked-LM head after it never runs): the same embedding as transformers'
+    BertModel mean-pooled and normalised, clean and with layer 3's MLP output zeroed."""
+    from transformers import BertModel
+
+    from tcx.evaluation.fidelity import encoder_outputs
+    from tcx.evaluation.splice import ablation_hooks
+    from tcx.models.embedded import model_dir
+
+    cfg = make_cfg("model=minilm", smoke=False)
+    spec = build_node(cfg.model, "model")
+    lm = spec.load()
+    hf = BertModel.from_pretrained(model_dir(spec.package), add_pooling_layer=False).eval()
+    tokens = load_windows(build_node(cfg.data, "data"), lm, 8192, cfg.cache_dir, 1024).heldout[:4]
+
+    def embedding(edit=None):
+        hook = edit and hf.encoder.layer[3].output.dense.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+        with torch.no_grad():
+            h = hf(input_ids=tokens).last_hidden_state
+        if hook:
+            hook.remove()
+        return torch.nn.functional.normalize(h.mean(1), dim=-1)
+
+    with torch.inference_mode():
+        clean = encoder_outputs(lm, tokens, [])
+        zeroed = encoder_outputs(lm, tokens, ablation_hooks({"blocks.3.hook_mlp_out": None}, slice(None)))
+    torch.testing.assert_close(clean, embedding(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(zeroed, embedding(edit=True), atol=1e-5, rtol=0)
+    assert (clean * zeroed).sum(-1).max() < 0.999  # the ablation changed the embedding
+
+
 def test_width_mismatch_is_named(make_cfg, tmp_path):
     run = place(make_cfg(), tmp_path / "wide", empty, d_in=32)
     with pytest.raises(ConfigError, match=r"expects width 32 at blocks\.1\.ln2\.hook_normalized"):
