@@ -41,8 +41,9 @@ class BatchTopKDictionary(TopKDictionary):
     def select(self, pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         if not self.training:
             return pre * (pre > self.threshold.clamp_min(0.0))
-        flat = pre.relu().flatten()
+        flat = pre.flatten()
         values, index = flat.topk(self.cfg.k * pre.shape[0], sorted=False)
+        values = values.relu()  # (on the kept only, as `topk_rows`)
         self.track_threshold(values)
         return torch.zeros_like(flat).scatter_(0, index, values).view_as(pre)
 

@@ -42,9 +42,10 @@ class TopKConfig(DictionaryConfig):
 
 
 def topk_rows(pre: Float[Tensor, "batch d_sae"], k: int) -> Float[Tensor, "batch d_sae"]:
-    """Keep each row's k largest (positive) entries, zero the rest."""
-    values, index = pre.relu().topk(k, dim=-1, sorted=False)
-    return torch.zeros_like(pre).scatter_(-1, index, values)
+    """Keep each row's k largest (positive) entries, zero the rest. (ReLU on the k kept, not on the
+    whole row: the same codes and gradients, a `[batch, d_sae]` pass fewer each way.)"""
+    values, index = pre.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter_(-1, index, values.relu())
 
 
 class TopKDictionary(Dictionary):
