@@ -54,7 +54,6 @@ class DictionaryBank(L.LightningModule):
             self.retired.update({n: message for n in bad})
             outs = {n: o for n, o in outs.items() if n not in bad}
             loss = torch.stack([o.loss for o in outs.values()]).sum()
-        self.log("loss", loss, prog_bar=True, logger=False)
         self.step_outputs = {n: StepOutput(*(t if t is None else t.detach() for t in o)) for n, o in outs.items()}
         return loss
 

@@ -84,7 +84,7 @@ def make_callbacks(cfg: DictConfig, tcfg: TrainerConfig, members, windows, meta:
     run's `TrainingState`; one that builds None is off); `outputs.final` holds the results.
     Lightning calls them in list order (checkpoints last): `dead` first, so the others read this
     step's count."""
-    dead, throughput = DeadFeatures(tcfg.dead_window_tokens), Throughput(tcfg.batch_size)
+    dead, throughput = DeadFeatures(tcfg.dead_window_tokens), Throughput(tcfg.batch_size, tcfg.log_every_n_steps)
     logs = MemberLogs(members, dead, tcfg.batch_size, tcfg.log_every_n_steps, tcfg.metrics_window_steps)
     outputs = MemberOutputs(logs, dead, throughput, tcfg.batch_size, meta)
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=tcfg.checkpoint_every_n_steps,

@@ -8,10 +8,11 @@ import lightning as L
 
 
 class Throughput(L.Callback):
-    """Training tokens per second of this process's run, shown in the progress bar."""
+    """Training tokens per second of this process's run, shown in the progress bar every `show_every`
+    steps."""
 
-    def __init__(self, batch_size: int):
-        self.batch_size = batch_size
+    def __init__(self, batch_size: int, show_every: int = 1):
+        self.batch_size, self.show_every = batch_size, show_every
         self.start: tuple[float, int] | None = None
         self.tokens_per_second = 0.0
 
@@ -24,4 +25,5 @@ class Throughput(L.Callback):
         elapsed = time.perf_counter() - t0
         if elapsed > 0:
             self.tokens_per_second = (trainer.global_step - step0) * self.batch_size / elapsed
-        pl_module.log("tok/s", round(self.tokens_per_second), prog_bar=True, logger=False)
+        if trainer.global_step % self.show_every == 0:
+            pl_module.log("tok/s", round(self.tokens_per_second), prog_bar=True, logger=False)
