@@ -221,3 +221,21 @@ def test_two_task_ddp_job_on_slurm(slurm, tmp_path, cache_dir):
     assert 16384 / 2 <= point["metrics"]["model_tokens"] < 1.05 * 16384 / 2
     for job in submitted_tasks(tmp_path / "s"):
         assert sacct_states(job) == ["COMPLETED"], job
+
+
+def test_a_packed_jobs_points_are_its_member_folders_not_a_run_moved_aside(tmp_path):
+    """`resume=false` moves an old run into `old-<time>/`, members' folders with it: sweep.json
+    must not count it, nor the run's own machinery, as points."""
+    from tcx.run_dir import member_dirs
+    from tcx.sweeps.collect import points_of
+    job = tmp_path / "0"
+    for folder, file in [("sae-l1_2", "metrics.json"), ("transcoder-l1_5", "error.json"),
+                         ("old-20261126-101010/sae-l1_2", "metrics.json"), ("checkpoints", "last.ckpt"),
+                         ("wandb", "debug.log"), (".hydra", "config.yaml"), ("notes", "readme.txt")]:
+        (job / folder).mkdir(parents=True)
+        (job / folder / file).write_text("{}")
+    assert points_of(job) == member_dirs(job) == [job / "sae-l1_2", job / "transcoder-l1_5"]
+    unpacked = tmp_path / "1"
+    (unpacked / "checkpoints").mkdir(parents=True)
+    (unpacked / "metrics.json").write_text("{}")
+    assert points_of(unpacked) == [unpacked], "an unpacked job is its own point"

@@ -8,6 +8,7 @@ from typing import Any
 
 from tcx import metrics_file
 from tcx.io import write_json
+from tcx.run_dir import member_dirs
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -22,10 +23,7 @@ def job_log(job: Path, sweep_dir: Path) -> Path | None:
 
 def points_of(job: Path) -> list[Path]:
     """A packed job's points are its member folders; an unpacked job is one point."""
-    members = [p for p in job.iterdir() if p.is_dir() and not p.name.startswith(".")
-               and p.name not in ("checkpoints", "logs", "wandb")
-               and any((p / f).exists() for f in (metrics_file.NAME, "error.json", "config.yaml"))]
-    return sorted(members) or [job]
+    return member_dirs(job) or [job]
 
 
 def collect(sweep_dir: Path, name: str, expected_jobs: int) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tcx.errors import CheckpointError
 from tcx.io import atomic_open
+from tcx.run_dir import OUTPUTS, member_dirs
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         with atomic_open(path, "wb") as f:
             torch.save(checkpoint, f)
-
-
-OUTPUTS = ("checkpoints", "logs", "config.yaml", "metrics.json", "eval.json", "error.json",
-           "dictionary.safetensors", "dictionary.json", "feature_density.png")
-"""What a run writes in its folder, and each bank member in its own."""
 
 
 def tidy_run_dir(run_dir: Path, resume: bool) -> None:
@@ -44,8 +40,7 @@ def tidy_run_dir(run_dir: Path, resume: bool) -> None:
     if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
         log.warning("resume=false, but this is a requeued SLURM job: it resumes where it stopped")
         return
-    old = [p for p in run_dir.iterdir() if p.name in OUTPUTS or (
-        p.is_dir() and not p.name.startswith((".", "old-")) and any((p / name).exists() for name in OUTPUTS))]
+    old = [p for p in sorted(run_dir.iterdir()) if p.name in OUTPUTS] + member_dirs(run_dir)
     if not old:
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
