@@ -135,6 +135,19 @@ def test_resume_with_another_config_is_refused(make_cfg, tmp_path):
     assert "_target_" not in str(e.value), "only the keys that differ are named"
 
 
+def test_resume_across_how_the_optimiser_computes_is_allowed(make_cfg, tmp_path):
+    """`optimizer.fused`/`foreach` change how a step is computed, not what is trained: a run dir
+    from before `fused: true` was the default resumes under it; any other optimizer key is refused."""
+    from omegaconf import OmegaConf
+
+    from tcx.training.run import check_resume_config
+    OmegaConf.save(make_cfg("~optimizer.fused"), tmp_path / "config.yaml")
+    check_resume_config(tmp_path, make_cfg())
+    check_resume_config(tmp_path, make_cfg("optimizer.fused=false", "+optimizer.foreach=true"))
+    with pytest.raises(ConfigError, match=r"`optimizer\.betas`"):
+        check_resume_config(tmp_path, make_cfg("optimizer.betas=[0.9,0.99]"))
+
+
 def test_a_run_dir_written_before_the_model_modules_split_still_resumes(make_cfg, tmp_path):
     train(make_cfg("trainer.max_tokens=8192"), tmp_path)
     saved = tmp_path / "config.yaml"

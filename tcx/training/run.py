@@ -47,6 +47,8 @@ def quiet_lightning() -> None:
 # Changing these between a run and its resume would silently mix two experiments.
 _FIXED_ON_RESUME = ("model", "layer", "dictionary", "bank", "data", "seed", "lr", "optimizer",
                     "trainer.batch_size", "trainer.buffer_tokens", "trainer.max_tokens")
+_HOW_NOT_WHAT = ("optimizer.fused", "optimizer.foreach")
+"""Keys under those that change how a step is computed, not what is trained: a run resumes across them."""
 
 
 def _leaves(value, prefix: str) -> dict[str, object]:
@@ -70,7 +72,8 @@ def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
         new = OmegaConf.to_container(new, resolve=True) if OmegaConf.is_config(new) else new
         old_leaves, new_leaves = _leaves(old, key), _leaves(new, key)
         differ += [f"`{k}` ({old_leaves.get(k)!r}, now {new_leaves.get(k)!r})"
-                   for k in sorted(set(old_leaves) | set(new_leaves)) if old_leaves.get(k) != new_leaves.get(k)]
+                   for k in sorted(set(old_leaves) | set(new_leaves))
+                   if old_leaves.get(k) != new_leaves.get(k) and k not in _HOW_NOT_WHAT]
     if differ:
         raise ConfigError(
             f"{run_dir} holds a checkpoint started with a different " + ", ".join(differ[:5])
