@@ -8,7 +8,7 @@ the TopK rows are transcoders. Each row ends with its loss, so nobody is fast by
 same start, data and objective, tcx and SAELens agree to float tolerance, and tcx and sparsify (which
 divides by the target's variance) closely.
 
-    python benchmarks/dictionary_step.py                  # about 6 minutes on 2 CPU cores
+    python benchmarks/dictionary_step.py                  # about 15 minutes on 2 CPU cores
     python benchmarks/dictionary_step.py --device cuda --dtype bf16
 
 The peers install into their own virtual environment, made on first use (SAELens pins
@@ -46,6 +46,8 @@ TRAINERS = {
     "tcx-topk": ("tcx TopK transcoder, sparse step", "tcx", "topk"),
     "tcx-topk-dense": ("tcx TopK transcoder, dense step", "tcx", "topk"),
     "tcx-batchtopk": ("tcx BatchTopK transcoder, sparse step", "tcx", "topk"),
+    "tcx-relu-fused": ("tcx ReLU, sparse step, fused Adam (tcx-train's optimiser)", "tcx", "relu"),
+    "tcx-topk-fused": ("tcx TopK transcoder, sparse step, fused Adam (tcx-train's optimiser)", "tcx", "topk"),
 }
 BASELINE = {"relu": "saelens-relu", "topk": "sparsify-topk"}
 
@@ -85,7 +87,9 @@ def make_dense(p, args, device, dtype):
     return step, False
 
 
-def make_tcx(kind: str, dense: bool):
+def make_tcx(kind: str, dense: bool, fused: bool = False):
+    """tcx's step; `fused` with the fused Adam that conf/train.yaml gives tcx-train (every other row,
+    the peers' included, runs torch's default Adam)."""
     def make(p, args, device, dtype):
         os.environ["TCX_SPARSE"] = "0" if dense else "1"
         from tcx.dictionaries.batchtopk import BatchTopKConfig
@@ -100,7 +104,7 @@ def make_tcx(kind: str, dense: bool):
             for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
                 getattr(d, name).copy_(p[name] if name != "b_enc" or kind == "relu" else 0 * p[name])
         d.to(device, dtype).train()
-        opt = torch.optim.Adam(d.parameters(), lr=args.lr)
+        opt = torch.optim.Adam(d.parameters(), lr=args.lr, **({"fused": True} if fused else {}))
 
         def step(x, y):
             target = x if kind == "relu" else y
@@ -164,7 +168,8 @@ def make_sparsify(p, args, device, dtype):
 MAKERS = {"dense": make_dense, "saelens-relu": make_saelens, "sparsify-topk": make_sparsify,
           "tcx-relu": make_tcx("relu", False), "tcx-relu-dense": make_tcx("relu", True),
           "tcx-topk": make_tcx("topk", False), "tcx-topk-dense": make_tcx("topk", True),
-          "tcx-batchtopk": make_tcx("batchtopk", False)}
+          "tcx-batchtopk": make_tcx("batchtopk", False),
+          "tcx-relu-fused": make_tcx("relu", False, fused=True), "tcx-topk-fused": make_tcx("topk", False, fused=True)}
 
 
 def worker(args) -> None:
