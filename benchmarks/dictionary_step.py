@@ -104,7 +104,7 @@ def make_tcx(kind: str, dense: bool, fused: bool = False):
             for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
                 getattr(d, name).copy_(p[name] if name != "b_enc" or kind == "relu" else 0 * p[name])
         d.to(device, dtype).train()
-        opt = torch.optim.Adam(d.parameters(), lr=args.lr, **({"fused": True} if fused else {}))
+        opt = torch.optim.Adam(d.parameters(), lr=args.lr, fused=fused or None)  # (None: torch's default)
 
         def step(x, y):
             target = x if kind == "relu" else y

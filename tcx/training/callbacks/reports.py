@@ -71,7 +71,7 @@ class MemberLogs(L.Callback):
         """The progress bar's loss (all members') and L0s, every log_every steps: a Lightning log call
         costs about as much as a small dictionary's step."""
         pl_module.log("loss", sum(row["loss"] for row in rows.values()), prog_bar=True, logger=False)
-        if len(rows) <= 4:
+        if len(self.members) <= 4:  # (as before: a bank of more shows its loss only)
             for key, row in rows.items():
                 pl_module.log(f"l0/{key}" if len(self.members) > 1 else "l0", row["l0"],
                               prog_bar=True, logger=False)
