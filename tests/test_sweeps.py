@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -154,7 +156,43 @@ def test_smoke_sweep_on_slurm(slurm, tmp_path, cache_dir, pack):
         assert sacct_states(job) == ["COMPLETED"], job
 
 
+def test_the_slurm_watcher_believes_sacct_only_once_squeue_has_let_the_job_go(tmp_path, monkeypatch):
+    """sacct can report a requeued job's first attempt FAILED while squeue holds it PENDING again."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    from tcx.sweeps.slurm_wait import RequeueAwareWatcher
+
+    (tmp_path / "sacct").write_text("#!/bin/sh\nprintf 'JobID|State|NodeList\\n7_0|FAILED|vm\\n'\n")
+    (tmp_path / "squeue").write_text(f"#!/bin/sh\n[ -f {tmp_path}/queued ] && echo PENDING && exit 0\n"
+                                     "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1\n")
+    for tool in ("sacct", "squeue"):
+        (tmp_path / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    (tmp_path / "queued").touch()
+    assert SlurmInfoWatcher().is_done("7_0", mode="force")  # stock submitit gives up on it
+    watcher = RequeueAwareWatcher()
+    assert not watcher.is_done("7_0", mode="force")
+    assert watcher.get_state("7_0", mode="cache") == "UNKNOWN"
+    (tmp_path / "queued").unlink()
+    assert watcher.is_done("7_0", mode="force")
+    assert watcher.get_state("7_0", mode="cache") == "FAILED"
+
+
+LAGGING_SACCT = """#!/bin/bash
+# sacct as a lagging accounting database shows it around a requeue: the job's first attempt ended
+out=$({real} "$@") || exit $?
+if [ -f {dir}/lag ]; then touch {dir}/lied; printf '%s\\n' "$out" | sed -E 's/^([0-9_]+)[|][A-Z_]+/\\1|FAILED/'
+else printf '%s\\n' "$out"; fi
+"""
+
+
 def test_preempted_slurm_job_resumes_from_its_checkpoint(slurm, tmp_path, cache_dir):
+    """USR2 (SLURM's warning before preemption) -> checkpoint -> requeue -> resume, with the sweep waiting
+    throughout, even while sacct still reports the first attempt FAILED (here from a wrapper that lags)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text(LAGGING_SACCT.format(real=shutil.which("sacct"), dir=tmp_path))
+    (bin_dir / "sacct").chmod(0o755)
     path = sweep_file(tmp_path, {"seed": [0]}, ["experiment=smoke", "trainer.max_tokens=400_000",
                                                   "trainer.checkpoint_every_n_steps=50", "trainer.eval_tokens=0",
                                                   "trainer.progress_bar=false", f"cache_dir={cache_dir}"])
@@ -162,21 +200,32 @@ def test_preempted_slurm_job_resumes_from_its_checkpoint(slurm, tmp_path, cache_
     proc = subprocess.Popen([sys.executable, "-m", "tcx.cli.sweep", str(path), "hydra/launcher=slurm",
                              f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.cpus_per_task=1",
                              "hydra.launcher.mem_gb=2"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
     ckpt = sweep_dir / "0" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert ckpt.exists(), "the job never wrote its first checkpoint"
     (job,) = submitted_tasks(sweep_dir)
+    (tmp_path / "lag").touch()
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    while time.time() < deadline:  # requeued jobs wait ~120 s (BeginTime) unless told otherwise
+    # Requeued jobs wait ~120 s (BeginTime). Hold it pending until the sweep has read the lagging sacct,
+    # then past submitit's 15 s wait for a result file, and only then let it start.
+    while time.time() < deadline and proc.poll() is None:
         state = subprocess.run(["squeue", "-h", "-j", job.split("_")[0], "-o", "%T"], capture_output=True,
                                text=True).stdout.split()
         if state == ["PENDING"]:
-            subprocess.run(["scontrol", "update", f"JobId={job.split('_')[0]}", "StartTime=now"])
             break
         time.sleep(0.2)
+    (tmp_path / "lied").unlink(missing_ok=True)
+    while not (tmp_path / "lied").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(17)
+    assert proc.poll() is None, "the sweep stopped waiting on the requeued job:\n" + proc.communicate()[0][-3000:]
+    assert (tmp_path / "lied").exists(), "the sweep never asked sacct while the job was pending"
+    subprocess.run(["scontrol", "update", f"JobId={job.split('_')[0]}", "StartTime=now"], check=True)
+    (tmp_path / "lag").unlink()
     output = proc.communicate(timeout=max(10, deadline - time.time()))[0]
     assert proc.returncode == 0, output[-3000:]
     metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
