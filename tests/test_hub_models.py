@@ -90,3 +90,21 @@ def test_the_papers_gpt2_recipe_up_to_the_weights(make_cfg, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["transcoder_layers"] == [0, 1] and summary["replay_error"] < 1e-4
+
+
+def test_every_load_of_a_checkpoint_without_some_weights_is_the_same_model(make_cfg):
+    """MiniLM's checkpoint has no masked-LM head; transformers initialises it at random. Each load
+    must still be the same model (the activation and evaluation caches key on the weights' digest),
+    and loading must leave the caller's random state alone."""
+    from tcx.activations.cache import StreamKey
+    from tcx.config import build_node
+
+    spec = build_node(make_cfg("model=minilm", smoke=False).model, "model")
+    digests = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        digests.append(StreamKey.tensors_digest(spec.load().bridge.state_dict().values()))
+        after = torch.rand(3)
+        torch.manual_seed(seed)
+        assert torch.equal(torch.rand(3), after)
+    assert digests[0] == digests[1]

@@ -19,8 +19,12 @@ def boot(path: str, spec: ModelSpec, device: str, dtype: str, revision: str | No
          ) -> LanguageModel:
     TransformerBridge, _ = bridge_classes()
     kwargs = {"revision": revision} if revision else {}
-    with warnings.catch_warnings():
+    # A checkpoint may lack weights its architecture has (MiniLM's has no masked-LM head), which
+    # transformers initialises at random: seeded here, so that every load is the same model (the
+    # caches key on the weights' digest), without touching the caller's random state.
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
         warnings.simplefilter("ignore")
+        torch.manual_seed(0)
         bridge = TransformerBridge.boot_transformers(path, device=device, dtype=getattr(torch, dtype),
                                                      **kwargs)
     return LanguageModel(bridge, spec, bridge.tokenizer)
