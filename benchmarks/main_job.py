@@ -9,6 +9,8 @@ checkpoints). Runs side by side in one go:
     python benchmarks/main_job.py commit HEAD~1   # that commit's tcx (git archive), then this tree's: ~25 min
 
 `cache` writes about 3 GB per million tokens to <cache_dir>/activations and removes what it wrote.
+Every run but the cache's second starts without evaluation baselines (<cache_dir>/baselines/), as a
+first run would (benchmarks/cold.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cold import CACHE, baselines_aside, forget_baselines
+
 REPO = Path(__file__).resolve().parents[1]
 PHASES = {  # phase -> a pattern for its row in Lightning's simple profiler
     "model forward (batch fetch)": r"train_dataloader_next",
@@ -30,8 +34,11 @@ PHASES = {  # phase -> a pattern for its row in Lightning's simple profiler
 }
 
 
-def run(sparse: str, overrides: list[str], out: Path, tree: Path = REPO) -> dict[str, float]:
-    """One `tcx-train` of the tcx in `tree` (`python -m` imports the package from its cwd)."""
+def run(sparse: str, overrides: list[str], out: Path, tree: Path = REPO, cold: bool = True) -> dict[str, float]:
+    """One `tcx-train` of the tcx in `tree` (`python -m` imports the package from its cwd). `cold`:
+    without the evaluation baselines an earlier run kept (<cache_dir>/baselines/), as a first run."""
+    if cold:
+        forget_baselines()
     env = {**os.environ, "TCX_SPARSE": sparse}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "tcx.cli.train", f"hydra.run.dir={out}",
@@ -53,7 +60,7 @@ def run(sparse: str, overrides: list[str], out: Path, tree: Path = REPO) -> dict
 def main() -> None:
     mode, overrides = sys.argv[1], sys.argv[2:]
     runs: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, baselines_aside():
         if mode == "commit":  # that commit's tree, then this one's
             rev, overrides = overrides[0], overrides[1:]
             tree = Path(tmp) / "tree"
@@ -66,12 +73,12 @@ def main() -> None:
             runs["dense steps (before)"] = run("0", overrides, Path(tmp) / "dense")
             runs["sparse steps (default)"] = run("auto", overrides, Path(tmp) / "sparse")
         else:
-            cache = Path(os.environ.get("TCX_CACHE_DIR", "~/.cache/tcx")).expanduser() / "activations"
+            cache = CACHE / "activations"
             before = set(cache.glob("*"))
             runs["live"] = run("auto", overrides, Path(tmp) / "live")
             cached = [*overrides, "trainer.activation_cache=true"]
             runs["cache, 1st run (writes)"] = run("auto", cached, Path(tmp) / "first")
-            runs["cache, 2nd run (reads)"] = run("auto", cached, Path(tmp) / "second")
+            runs["cache, 2nd run (reads)"] = run("auto", cached, Path(tmp) / "second", cold=False)
             for folder in set(cache.glob("*")) - before:
                 size = sum(f.stat().st_size for f in folder.rglob("*.pt"))
                 print(f"cache {folder}: {size / 1e9:.2f} GB (removed)")

@@ -15,10 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from cold import baselines_aside, forget_baselines
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run(sweep: Path, pack: bool, tokens: int, out: Path) -> tuple[float, dict]:
+    """One sweep from cold: its points share evaluation baselines, the two sweeps do not."""
+    forget_baselines()
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "tcx.cli.sweep", str(sweep),
                     f"sweep.pack={str(pack).lower()}", f"hydra.sweep.dir={out}", f"trainer.max_tokens={tokens}",
@@ -32,7 +36,7 @@ def main() -> None:
     parser.add_argument("--sweep", type=Path, default=REPO / "sweeps" / "l1-frontier.yaml")
     parser.add_argument("--tokens", type=int, default=200_000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, baselines_aside():
         packed_s, packed = run(args.sweep, True, args.tokens, Path(tmp) / "packed")
         unpacked_s, unpacked = run(args.sweep, False, args.tokens, Path(tmp) / "unpacked")
     def l0s(summary: dict) -> list[float]:

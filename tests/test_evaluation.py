@@ -200,6 +200,51 @@ def test_sentence_embedding_and_an_ablation_match_hugging_faces_bert(make_cfg):
     assert (clean * zeroed).sum(-1).max() < 0.999  # the ablation changed the embedding
 
 
+def noisy_copy(d, lm, layer):
+    """A ReLU MLP's copy with noise in the decoder: spliced, neither clean nor ablated."""
+    copy_mlp(d, lm, layer)
+    d.W_dec.add_(0.05 * d.W_dec.std() * torch.randn(d.W_dec.shape, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("model", ["tiny causal", "minilm"])
+def test_kept_baselines_give_the_same_numbers_without_their_runs(make_cfg, tmp_path, monkeypatch, model):
+    """The clean and ablated runs do not depend on the dictionary: a second evaluation reads them from
+    <cache_dir>/baselines/ and runs the model only spliced (and clean, for a causal LM's KL); its
+    numbers are the first's to the last bit. A file that cannot be read is recomputed."""
+    from tcx.evaluation import run as eval_run
+
+    cfg = (make_cfg(f"cache_dir={tmp_path / 'cache'}") if model == "tiny causal" else
+           make_cfg("model=minilm", "trainer.max_tokens=8192", f"cache_dir={tmp_path / 'cache'}", smoke=False))
+    runs = [place(cfg, tmp_path / "a", noisy_copy, d_sae=1536 if model == "minilm" else 256)]
+    runs.append(place(cfg, tmp_path / "b", empty))
+    forwards = []
+
+    def counted(lm, tokens, hooks):
+        forwards.append(len(tokens))
+        return outputs(lm, tokens, hooks)
+
+    outputs = eval_run.outputs
+    monkeypatch.setattr(eval_run, "outputs", counted)
+
+    def rows(runs):
+        forwards.clear()
+        return [evaluate([r], max_tokens=1024, plots=False)["dictionaries"][str(r)] for r in runs]
+
+    first = rows(runs[:1])
+    windows, batches = sum(forwards) // 4, len(forwards) // 4  # clean, zero, mean, spliced
+    assert len(list((tmp_path / "cache" / "baselines").glob("*.pt"))) == 1
+    again, other = rows(runs)
+    assert again == first[0]
+    per_batch = 2 if model == "tiny causal" else 1
+    assert len(forwards) == 2 * per_batch * batches and sum(forwards) == 2 * per_batch * windows
+    assert first[0]["loss_spliced"] not in (first[0]["loss_clean"], first[0]["loss_zero_ablated"])
+    assert 0 < first[0]["fvu"] < 1
+    assert other["loss_spliced"] == pytest.approx(other["loss_zero_ablated"], abs=1e-6)  # read, still right
+    (baseline,) = (tmp_path / "cache" / "baselines").glob("*.pt")
+    baseline.write_bytes(b"not a torch file")
+    assert rows(runs[:1]) == first and len(forwards) == 4 * batches
+
+
 def test_width_mismatch_is_named(make_cfg, tmp_path):
     run = place(make_cfg(), tmp_path / "wide", empty, d_in=32)
     with pytest.raises(ConfigError, match=r"expects width 32 at blocks\.1\.ln2\.hook_normalized"):

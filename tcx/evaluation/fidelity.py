@@ -7,10 +7,8 @@ L2-normalised sentence embedding, and the loss is 1 - cos(clean embedding, splic
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -44,24 +42,13 @@ def encoder_loss(clean: Tensor, other: Tensor) -> Tensor:
     return 1.0 - (clean * other).sum(-1)
 
 
-@torch.inference_mode()
-def model_losses(lm, tokens: Tensor, variants: dict[str, list], read: Sequence[str] = ()
-                 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Per-window loss of each variant (name -> hooks), plus KL for causal models; and the clean
-    run's activations at the hooks in `read` (so nobody runs the clean model twice)."""
-    causal = lm.spec.kind == "causal"
-    run = causal_outputs if causal else encoder_outputs
-    acts: dict[str, Tensor] = {}
+def outputs(lm, tokens: Tensor, hooks: Sequence[tuple[str, Callable]]) -> Tensor:
+    """The output the model's loss is read from: next-token log-probabilities, or the sentence embedding."""
+    return (causal_outputs if lm.spec.kind == "causal" else encoder_outputs)(lm, tokens, hooks)
 
-    def keep(act: Tensor, hook, name: str) -> Tensor:
-        acts[name] = act
-        return act
 
-    clean = run(lm, tokens, [(h, functools.partial(keep, name=h)) for h in dict.fromkeys(read)])
-    out: dict[str, Tensor] = {"clean": causal_loss(clean, tokens) if causal else encoder_loss(clean, clean)}
-    for name, hooks in variants.items():
-        other = run(lm, tokens, hooks)
-        out[name] = causal_loss(other, tokens) if causal else encoder_loss(clean, other)
-        if causal:
-            out[f"kl_{name}"] = causal_kl(clean, other)
-    return out, acts
+def compare(lm, tokens: Tensor, clean: Tensor, other: Tensor) -> dict[str, Tensor]:
+    """Per-window loss of `other` (and, for causal models, its KL from `clean`)."""
+    if lm.spec.kind == "causal":
+        return {"loss": causal_loss(other, tokens), "kl": causal_kl(clean, other)}
+    return {"loss": encoder_loss(clean, other)}

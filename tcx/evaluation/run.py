@@ -14,7 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from tcx import metrics_file
-from tcx.evaluation.fidelity import model_losses
+from tcx.evaluation import baselines
+from tcx.evaluation.baselines import BaselineKey, Baselines
+from tcx.evaluation.fidelity import compare, outputs
 from tcx.evaluation.plots import density_histogram
 from tcx.evaluation.splice import ablation_hooks, splice_hooks, target_means
 from tcx.io import write_json
@@ -54,47 +56,65 @@ class Stats:
 
 
 def measure(lm, placed: list[Placed], heldout: torch.Tensor, valid: slice, batch_windows: int = 16,
-            dense_threshold: float = 0.1, progress: bool = True, joint: bool = True
+            dense_threshold: float = 0.1, progress: bool = True, joint: bool = True,
+            cache_dir: str | Path | None = None
             ) -> tuple[list[dict[str, float]], dict[str, float] | None, list[torch.Tensor]]:
     """Per-dictionary rows, the joint fidelity of all spliced together, and firing frequencies.
     Each dictionary's row is its fidelity spliced in alone, against ablating its own target alone
     (so dictionaries at several layers each get what their solo evaluation gives); the joint one
     is against ablating every target. `joint=False` skips the joint run of several dictionaries
-    (returned as None): a bank in training has no use for it."""
-    means = target_means(lm, heldout, [p.target_hook for p in placed], valid, batch_windows)
-    variants = {"zero_ablated": ablation_hooks({p.target_hook: None for p in placed}, valid),
-                "mean_ablated": ablation_hooks({p.target_hook: means[p.target_hook] for p in placed}, valid)}
-    if joint or len(placed) == 1:
-        variants["spliced"] = splice_hooks(placed, valid)
-    if len(placed) > 1:
-        variants.update({f"alone_{i}": splice_hooks([p], valid) for i, p in enumerate(placed)})
+    (returned as None): a bank in training has no use for it. The runs without a dictionary come
+    from `<cache_dir>/baselines/` where an earlier evaluation left them (see `baselines.py`)."""
     targets = list(dict.fromkeys(p.target_hook for p in placed))
-    if len(targets) > 1:
-        for hook in targets:
-            variants[f"zero_ablated@{hook}"] = ablation_hooks({hook: None}, valid)
-            variants[f"mean_ablated@{hook}"] = ablation_hooks({hook: means[hook]}, valid)
+    key = BaselineKey.of(lm, heldout, valid, batch_windows, targets)
+    kept = baselines.load(cache_dir, key)
+    base = kept or Baselines(target_means(lm, heldout, targets, valid, batch_windows),
+                             clean=None if lm.spec.kind == "causal" else [])
+    ablations = {} if kept else ablation_variants(targets, base.means, valid)
     stats = [Stats(torch.zeros(p.dictionary.d_sae, dtype=torch.long)) for p in placed]
-    hooks = list({h: None for p in placed for h in (p.input_hook, p.target_hook)})
+    # A dictionary's sparsity and reconstruction are read in the run where it is spliced in alone,
+    # where every activation up to its target is the clean model's.
+    variants = {("spliced" if len(placed) == 1 else f"alone_{i}"):
+                splice_hooks([p], valid, record=lambda _, z, y, t, s=s: s.add(z, y, t))
+                for i, (p, s) in enumerate(zip(placed, stats, strict=True))}
+    if joint and len(placed) > 1:
+        variants["spliced"] = splice_hooks(placed, valid)
     losses: dict[str, list[torch.Tensor]] = {}
     with torch.inference_mode():
-        for start in tqdm(range(0, len(heldout), batch_windows), desc="evaluating", unit="batch",
-                          disable=not progress, leave=False):
+        for b, start in enumerate(tqdm(range(0, len(heldout), batch_windows), desc="evaluating",
+                                       unit="batch", disable=not progress, leave=False)):
             tokens = heldout[start: start + batch_windows]
-            batch_losses, acts = model_losses(lm, tokens, variants, read=hooks)
-            for p, s in zip(placed, stats, strict=True):
-                dtype = p.dictionary.W_enc.dtype
-                x, t = (acts[h][:, valid].reshape(-1, acts[h].shape[-1]).to(dtype)
-                        for h in (p.input_hook, p.target_hook))
-                s.add(*p.dictionary.encode_decode(x), t)
-            for k, v in batch_losses.items():
-                losses.setdefault(k, []).append(v.cpu())
-    mean_loss = {k: torch.cat(v).mean().item() for k, v in losses.items()}
+            clean = kept.clean[b].to(lm.device) if kept and kept.clean else outputs(lm, tokens, [])
+            if not kept:
+                if base.clean is not None:
+                    base.clean.append(clean.cpu())
+                base.add("clean", compare(lm, tokens, clean, clean)["loss"])
+                for name, hooks in ablations.items():
+                    for k, v in compare(lm, tokens, clean, outputs(lm, tokens, hooks)).items():
+                        base.add(name if k == "loss" else f"{k}_{name}", v)
+            for name, hooks in variants.items():
+                for k, v in compare(lm, tokens, clean, outputs(lm, tokens, hooks)).items():
+                    losses.setdefault(name if k == "loss" else f"{k}_{name}", []).append(v.cpu())
+    if not kept:
+        baselines.save(cache_dir, key, base)
+    mean_loss = {k: torch.cat(v).mean().item() for k, v in {**base.losses, **losses}.items()}
     together = fidelity(mean_loss, "spliced", lm.spec.kind) if "spliced" in mean_loss else None
     rows = [{**s.result(dense_threshold),
              **(together if len(placed) == 1 else fidelity(mean_loss, f"alone_{i}", lm.spec.kind,
                                                            f"@{p.target_hook}" if len(targets) > 1 else ""))}
             for i, (p, s) in enumerate(zip(placed, stats, strict=True))]
     return rows, together, [s.fired.double() / s.rows for s in stats]
+
+
+def ablation_variants(targets: list[str], means: dict[str, torch.Tensor], valid: slice) -> dict[str, list]:
+    """Zero and mean ablation of every target together and, where there are several, of each alone."""
+    variants = {"zero_ablated": ablation_hooks(dict.fromkeys(targets), valid),
+                "mean_ablated": ablation_hooks({h: means[h] for h in targets}, valid)}
+    if len(targets) > 1:
+        for hook in targets:
+            variants[f"zero_ablated@{hook}"] = ablation_hooks({hook: None}, valid)
+            variants[f"mean_ablated@{hook}"] = ablation_hooks({hook: means[hook]}, valid)
+    return variants
 
 
 def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: int = 16,
@@ -107,7 +127,8 @@ def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: i
     placed = opened.placed()
     heldout, valid = opened.heldout(max_tokens)
     opened.check_widths()
-    rows, joint, frequencies = measure(opened.lm, placed, heldout, valid, batch_windows, dense_threshold)
+    rows, joint, frequencies = measure(opened.lm, placed, heldout, valid, batch_windows, dense_threshold,
+                                       cache_dir=opened.cache_dir)
 
     results: dict = {"joint": joint, "dictionaries": {}, "written": []}
     for d, row, freq in zip(opened.dictionaries, rows, frequencies, strict=True):

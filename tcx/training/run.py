@@ -94,7 +94,8 @@ def make_callbacks(cfg: DictConfig, tcfg: TrainerConfig, members, windows, meta:
                                   save_top_k=0, save_last=True, save_on_train_epoch_end=True)
     callbacks: list[L.Callback] = [dead, throughput, logs, outputs, checkpoints,
                                    CheckpointOnSignal(run_dir / "checkpoints" / "last.ckpt")]
-    state = TrainingState(trainer=tcfg, members=members, windows=windows, seed=cfg.seed, dead=dead)
+    state = TrainingState(trainer=tcfg, members=members, windows=windows, seed=cfg.seed, dead=dead,
+                          cache_dir=cfg.cache_dir)
     for name, entry in (cfg.get("callbacks") or {}).items():
         if entry is None:
             continue

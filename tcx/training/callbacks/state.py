@@ -24,3 +24,5 @@ class TrainingState:
     seed: int
     dead: DeadFeatures
     """Tokens since each feature last fired, per member: AuxK, Resample and the reports read it."""
+    cache_dir: str | None = None
+    """Where runs keep what they share: tokenised corpora, activations, evaluation baselines."""
