@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from tcx.activations.cache import ActivationCacheError
 from tcx.activations.fill import fill_cache
 from tcx.activations.stream import ActivationStream
+from tcx.config import build_node
 from tcx.training.run import train
 
 SHORT = ["trainer.max_tokens=16384", "trainer.eval_tokens=2048",
@@ -47,3 +48,19 @@ def test_a_shard_of_another_stream_or_a_damaged_one_is_refused(make_cfg, tmp_pat
     shard.unlink()  # a missing shard is computed again
     train(make_cfg(*SHORT, "trainer.activation_cache=true"), tmp_path / "c")
     assert shard.is_file()
+
+
+def test_the_weights_digest_is_computed_once_and_follows_edits(make_cfg):
+    """The caches key on the model weights' digest, taken once per state of the weights."""
+    from tcx.digest import tensors_digest
+
+    lm = build_node(make_cfg().model, "model").load()
+    first = lm.weights_digest()
+    assert first == tensors_digest(lm.bridge.state_dict().values())
+    memo = lm._digest
+    assert lm.weights_digest() == first and lm._digest is memo  # not hashed again
+    with torch.no_grad():
+        next(lm.bridge.parameters()).add_(1.0)
+    assert lm.weights_digest() != first
+    lm.bridge.to(torch.float64)
+    assert lm.weights_digest() == tensors_digest(lm.bridge.state_dict().values())

@@ -15,8 +15,6 @@ silently read. Shards are written atomically, so a killed run leaves none half-w
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tcx.digest import key_digest
 from tcx.errors import TcxError
 from tcx.io import atomic_path
 
@@ -49,15 +48,8 @@ class StreamKey:
     model_batch_size: int
     dtype: str
 
-    @staticmethod
-    def tensors_digest(tensors) -> str:
-        h = hashlib.sha256()
-        for t in tensors:
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-        return h.hexdigest()[:16]
-
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return key_digest(self)
 
 
 class ActivationCache:

@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tcx.activations.cache import ActivationCache, StreamKey
+from tcx.digest import tensors_digest
 from tcx.models.lm import LanguageModel
 
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: spreads (seed, index) pairs over generator seeds
@@ -64,8 +65,8 @@ class ActivationStream:
 
     def key(self) -> StreamKey:
         return StreamKey(
-            model=self.lm.spec.name, weights=StreamKey.tensors_digest(self.lm.bridge.state_dict().values()),
-            windows=StreamKey.tensors_digest([self.windows]), valid=(self.valid.start, self.valid.stop),
+            model=self.lm.spec.name, weights=self.lm.weights_digest(),
+            windows=tensors_digest([self.windows]), valid=(self.valid.start, self.valid.stop),
             seed=self.seed, chunk_tokens=self.chunk_tokens, model_batch_size=self.model_batch_size,
             dtype=str(self.dtype).removeprefix("torch."))
 

@@ -20,8 +20,6 @@ The file is written atomically; one that cannot be read is recomputed and replac
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tcx.activations.cache import StreamKey
+from tcx.digest import key_digest, tensors_digest
 from tcx.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -54,13 +52,13 @@ class BaselineKey:
 
     @classmethod
     def of(cls, lm, windows: Tensor, valid: slice, batch_windows: int, targets: list[str]) -> BaselineKey:
-        return cls(model=lm.spec.name, weights=StreamKey.tensors_digest(lm.bridge.state_dict().values()),
-                   windows=StreamKey.tensors_digest([windows]), valid=(valid.start, valid.stop),
+        return cls(model=lm.spec.name, weights=lm.weights_digest(),
+                   windows=tensors_digest([windows]), valid=(valid.start, valid.stop),
                    batch_windows=batch_windows, targets=tuple(targets), device=device_name(lm.device),
                    torch=str(torch.__version__))
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return key_digest(self)
 
 
 @dataclass

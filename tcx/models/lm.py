@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tcx.digest import tensors_digest
 from tcx.errors import ConfigError
 from tcx.models.spec import ModelSpec
 
@@ -25,6 +26,7 @@ class LanguageModel:
         self.bridge = bridge.eval()
         self.spec = spec
         self.tokenizer = tokenizer
+        self._digest: tuple[tuple, str] | None = None
         if hasattr(tokenizer, "model_max_length"):  # we chunk long documents ourselves: no warning
             tokenizer.model_max_length = 1 << 30
 
@@ -65,6 +67,16 @@ class LanguageModel:
     @property
     def suffix_ids(self) -> list[int]:
         return self.special_ids(self.spec.suffix_token)
+
+    # -- weights ------------------------------------------------------------------------------
+    def weights_digest(self) -> str:
+        """Hash of the parameters (so also their dtype): what the caches key on. Computed once per
+        state of the weights (a move, a cast or an in-place edit makes a new one)."""
+        tensors = list(self.bridge.state_dict().values())
+        stamp = tuple((t.data_ptr(), t.dtype, t._version) for t in tensors)
+        if self._digest is None or self._digest[0] != stamp:
+            self._digest = (stamp, tensors_digest(tensors))
+        return self._digest[1]
 
     # -- hooks --------------------------------------------------------------------------------
     @property
