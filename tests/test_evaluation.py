@@ -245,6 +245,16 @@ def test_kept_baselines_give_the_same_numbers_without_their_runs(make_cfg, tmp_p
     assert rows(runs[:1]) == first and len(forwards) == 4 * batches
 
 
+def test_baselines_that_cannot_be_kept_are_a_warning_not_an_error(tmp_path, caplog):
+    """A cache_dir that cannot be written (here a file's path) must not fail the evaluation's run."""
+    from tcx.evaluation.baselines import BaselineKey, Baselines, save
+
+    key = BaselineKey("m", "w", "h", (0, 1), 16, ("hook",), "cpu", "t")
+    (tmp_path / "not-a-dir").write_text("")
+    save(tmp_path / "not-a-dir", key, Baselines({"hook": torch.zeros(2)}))
+    assert "not kept" in caplog.text
+
+
 def test_width_mismatch_is_named(make_cfg, tmp_path):
     run = place(make_cfg(), tmp_path / "wide", empty, d_in=32)
     with pytest.raises(ConfigError, match=r"expects width 32 at blocks\.1\.ln2\.hook_normalized"):

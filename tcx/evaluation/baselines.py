@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from tcx.digest import key_digest, tensors_digest
+from tcx.errors import OutOfSpaceError
 from tcx.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,13 @@ def load(cache_dir: str | Path | None, key: BaselineKey) -> Baselines | None:
 
 
 def save(cache_dir: str | Path | None, key: BaselineKey, baselines: Baselines) -> None:
+    """Best effort: a cache that cannot be written (disk full, read-only) costs the next evaluation
+    its runs again, never this one its results."""
     if cache_dir is None:
         return
-    with atomic_path(path(cache_dir, key)) as tmp:
-        torch.save({"header": asdict(key), "means": baselines.means, "losses": baselines.losses,
-                    "clean": baselines.clean}, tmp)
+    try:
+        with atomic_path(path(cache_dir, key)) as tmp:
+            torch.save({"header": asdict(key), "means": baselines.means, "losses": baselines.losses,
+                        "clean": baselines.clean}, tmp)
+    except (OSError, OutOfSpaceError) as e:
+        log.warning("evaluation baselines not kept in %s (%s)", path(cache_dir, key), str(e).splitlines()[0])
