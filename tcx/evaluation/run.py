@@ -75,7 +75,7 @@ def measure(lm, placed: list[Placed], heldout: torch.Tensor, valid: slice, batch
     # A dictionary's sparsity and reconstruction are read in the run where it is spliced in alone,
     # where every activation up to its target is the clean model's.
     variants = {("spliced" if len(placed) == 1 else f"alone_{i}"):
-                splice_hooks([p], valid, record=lambda _, z, y, t, s=s: s.add(z, y, t))
+                splice_hooks([p], valid, record=s.add)
                 for i, (p, s) in enumerate(zip(placed, stats, strict=True))}
     if joint and len(placed) > 1:
         variants["spliced"] = splice_hooks(placed, valid)

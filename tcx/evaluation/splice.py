@@ -17,24 +17,25 @@ from tcx.runs.record import Placed
 
 def splice_hooks(placed: Sequence[Placed], valid: slice, record: Callable | None = None
                  ) -> list[tuple[str, Callable]]:
-    """Hooks that write each dictionary's reconstruction at its target hook. `record(i, z, y, t)`,
-    if given, sees the i-th dictionary's codes, reconstruction and the activation it replaces, as rows."""
+    """Hooks that write each dictionary's reconstruction at its target hook. `record(z, y, t)`, if
+    given, sees a dictionary's codes, reconstruction and the activation it replaces, as rows (it is
+    for a dictionary spliced in alone)."""
     hooks: list[tuple[str, Callable]] = []
-    for i, p in enumerate(placed):
+    for p in placed:
         captured: dict[str, Tensor] = {}
 
         def read(act: Tensor, hook, captured=captured) -> Tensor:
             captured["x"] = act
             return act
 
-        def write(act: Tensor, hook, i=i, p=p, captured=captured) -> Tensor:
+        def write(act: Tensor, hook, p=p, captured=captured) -> Tensor:
             x = captured.pop("x", act)[:, valid]
             out = act.clone()
             d = p.dictionary
             rows = x.reshape(-1, x.shape[-1]).to(d.W_enc.dtype)  # dictionaries see rows, as in training
             z, y = d.encode_decode(rows)
             if record is not None:
-                record(i, z, y, act[:, valid].reshape(-1, act.shape[-1]).to(d.W_enc.dtype))
+                record(z, y, act[:, valid].reshape(-1, act.shape[-1]).to(d.W_enc.dtype))
             out[:, valid] = y.reshape(*x.shape[:-1], -1).to(act.dtype)
             return out
 
