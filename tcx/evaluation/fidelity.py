@@ -47,8 +47,14 @@ def outputs(lm, tokens: Tensor, hooks: Sequence[tuple[str, Callable]]) -> Tensor
     return (causal_outputs if lm.spec.kind == "causal" else encoder_outputs)(lm, tokens, hooks)
 
 
-def compare(lm, tokens: Tensor, clean: Tensor, other: Tensor) -> dict[str, Tensor]:
-    """Per-window loss of `other` (and, for causal models, its KL from `clean`)."""
+def loss(lm, tokens: Tensor, clean: Tensor, other: Tensor) -> Tensor:
+    """Per-window loss of `other`: next-token CE, or 1 - cos from the clean sentence embedding."""
+    return causal_loss(other, tokens) if lm.spec.kind == "causal" else encoder_loss(clean, other)
+
+
+def compare(lm, tokens: Tensor, clean: Tensor, other: Tensor, name: str) -> dict[str, Tensor]:
+    """The variant `name`'s per-window loss and, for causal models, `kl_<name>`, its KL from `clean`."""
+    out = {name: loss(lm, tokens, clean, other)}
     if lm.spec.kind == "causal":
-        return {"loss": causal_loss(other, tokens), "kl": causal_kl(clean, other)}
-    return {"loss": encoder_loss(clean, other)}
+        out[f"kl_{name}"] = causal_kl(clean, other)
+    return out

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from tcx import metrics_file
 from tcx.evaluation import baselines
 from tcx.evaluation.baselines import BaselineKey, Baselines
-from tcx.evaluation.fidelity import compare, outputs
+from tcx.evaluation.fidelity import compare, loss, outputs
 from tcx.evaluation.plots import density_histogram
 from tcx.evaluation.splice import ablation_hooks, splice_hooks, target_means
 from tcx.io import write_json
@@ -88,13 +88,13 @@ def measure(lm, placed: list[Placed], heldout: torch.Tensor, valid: slice, batch
             if not kept:
                 if base.clean is not None:
                     base.clean.append(clean.cpu())
-                base.add("clean", compare(lm, tokens, clean, clean)["loss"])
+                base.add("clean", loss(lm, tokens, clean, clean))
                 for name, hooks in ablations.items():
-                    for k, v in compare(lm, tokens, clean, outputs(lm, tokens, hooks)).items():
-                        base.add(name if k == "loss" else f"{k}_{name}", v)
+                    for k, v in compare(lm, tokens, clean, outputs(lm, tokens, hooks), name).items():
+                        base.add(k, v)
             for name, hooks in variants.items():
-                for k, v in compare(lm, tokens, clean, outputs(lm, tokens, hooks)).items():
-                    losses.setdefault(name if k == "loss" else f"{k}_{name}", []).append(v.cpu())
+                for k, v in compare(lm, tokens, clean, outputs(lm, tokens, hooks), name).items():
+                    losses.setdefault(k, []).append(v.cpu())
     if not kept:
         baselines.save(cache_dir, key, base)
     mean_loss = {k: torch.cat(v).mean().item() for k, v in {**base.losses, **losses}.items()}
