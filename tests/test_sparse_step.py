@@ -14,7 +14,7 @@ import torch
 from tcx.dictionaries.batchtopk import BatchTopKConfig
 from tcx.dictionaries.relu import ReLUConfig
 from tcx.dictionaries.skip import SkipTranscoderConfig
-from tcx.dictionaries.sparse import SparseCodes, batch_top_k
+from tcx.dictionaries.sparse import SparseCodes, batch_top_k, row_norms, transposed
 from tcx.dictionaries.topk import TopKConfig
 
 
@@ -44,7 +44,8 @@ def both(cfg, d_in, d_out, monkeypatch, dtype=torch.float32, rows=50, shift=-0.3
     (SkipTranscoderConfig(d_sae=40, k=5), 16, 12, True),
     (BatchTopKConfig(d_sae=48, k=3), 16, 16, False),
     (ReLUConfig(d_sae=512, l1_coeff=1.0), 16, 12, False),
-], ids=["topk-k1", "topk-k=d_sae", "topk-auxk", "skip-auxk", "batchtopk", "relu"])
+    (ReLUConfig(d_sae=1100, l1_coeff=1.0), 16, 12, False),  # W_enc's gradient transposed in 3 blocks, one short
+], ids=["topk-k1", "topk-k=d_sae", "topk-auxk", "skip-auxk", "batchtopk", "relu", "relu-1100"])
 def test_sparse_step_is_the_dense_step(cfg, d_in, d_out, dead, monkeypatch):
     (s, gs), (d, gd) = both(cfg, d_in, d_out, monkeypatch, dead=dead)
     assert isinstance(s.z, SparseCodes) and isinstance(d.z, torch.Tensor)
@@ -56,6 +57,29 @@ def test_sparse_step_is_the_dense_step(cfg, d_in, d_out, dead, monkeypatch):
         torch.testing.assert_close(gs[name], gd[name], atol=1e-6, rtol=1e-5, msg=name)
     assert torch.equal(s.z.fired(), (d.z != 0).any(0))
     assert float(s.z.l0()) == float((d.z != 0).sum(-1).float().mean())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_transposed_is_the_transpose(dtype):
+    a = torch.randn(1300, 7).to(dtype)  # blocks of 512 rows: two whole, one short
+    assert torch.equal(transposed(a), a.T) and transposed(a).is_contiguous()
+
+
+def test_row_norms_gradient_is_the_unit_rows():
+    """d/dW sum_i c_i ||W_i|| = c_i W_i / ||W_i||, and 0 for a row of zeros (torch's subgradient)."""
+    W = torch.randn(6, 5, dtype=torch.float64)
+    W[2] = 0
+    W.requires_grad_(True)
+    c = torch.arange(1.0, 7.0, dtype=torch.float64)
+    norms = row_norms(W)
+    (norms * c).sum().backward()
+    expected = c[:, None] * W.detach() / W.detach().norm(dim=1, keepdim=True)
+    expected[2] = 0
+    torch.testing.assert_close(norms, W.detach().norm(dim=1))
+    torch.testing.assert_close(W.grad, expected)
+    torch_W = W.detach().clone().requires_grad_(True)
+    (torch_W.norm(dim=1) * c).sum().backward()
+    assert torch.equal(W.grad, torch_W.grad)  # torch's own to the last bit: runs train as before
 
 
 def test_relu_falls_back_to_dense_while_most_features_fire(monkeypatch):

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from tcx.dictionaries.base import Activation, Dictionary, squared_error
 from tcx.dictionaries.relu import ReLUConfig
+from tcx.dictionaries.sparse import row_norms
 
 
 @dataclass(kw_only=True)
@@ -69,7 +70,7 @@ class GatedDictionary(Dictionary):
 
     def penalty(self, z: Tensor, pi_gate: Float[Tensor, "batch d_sae"]) -> Float[Tensor, ""]:
         """The gate's decoder-norm-weighted L1."""
-        return (pi_gate.relu() * self.W_dec.norm(dim=1)).sum(-1).mean()
+        return (pi_gate.relu() * row_norms(self.W_dec)).sum(-1).mean()
 
     @property
     def sparsity_coeff(self) -> float:

@@ -16,7 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tcx.dictionaries.base import Activation, Dictionary, DictionaryConfig
-from tcx.dictionaries.sparse import Codes, relu_codes, weighted_l1
+from tcx.dictionaries.sparse import Codes, relu_codes, row_norms, weighted_l1
 from tcx.errors import ConfigError
 
 
@@ -47,7 +47,7 @@ class ReLUDictionary(Dictionary):
         return relu_codes(x, self.W_enc, self.b_enc), None  # sparse once few fire
 
     def penalty(self, z: Codes, pre: None) -> Float[Tensor, ""]:
-        return weighted_l1(z, self.W_dec.norm(dim=1))
+        return weighted_l1(z, row_norms(self.W_dec))
 
     @property
     def sparsity_coeff(self) -> float:
