@@ -114,15 +114,31 @@ def test_data_yaml_defaults_agree_with_corpus_dataclasses():
     assert not found, "\n".join(found)
 
 
+@pytest.mark.parametrize("tokens_per_second, shown", [(10_000.0, "10,000"), (104_524.4, "104,524"), (5_815.0, "5,815")])
+def test_the_progress_bar_shows_tokens_per_second_whole(tokens_per_second, shown):
+    """tqdm prints a float in its shortest form: 10000.0 was `1e+4`, and any GPU rate `1.05e+5`."""
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from tcx.training.callbacks.progress import ProgressBar
+
+    trainer = SimpleNamespace(loggers=[], progress_bar_metrics={"tok/s": tokens_per_second, "loss": 0.5})
+    items = ProgressBar().get_metrics(trainer, None)
+    assert items["tok/s"] == shown and items["loss"] == 0.5
+    assert tqdm.format_num(tokens_per_second) != shown  # what it showed before
+
+
 def test_callbacks_come_from_their_group_each_switchable(make_cfg, tmp_path):
     """The run's machinery, then conf/callbacks/ in order; null or the entry's own setting switches
     one off; any Lightning callback can be added; one that builds something else is named."""
     import torch
-    from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
     from tcx.data.windows import TokenWindows
     from tcx.errors import ConfigError
     from tcx.training.callbacks import AuxK, DeadFeatures, HeldOutEvaluation, MemberLogs, MemberOutputs, Resample
+    from tcx.training.callbacks.progress import ProgressBar
     from tcx.training.members import plan_members
     from tcx.training.run import make_callbacks
 
@@ -137,9 +153,9 @@ def test_callbacks_come_from_their_group_each_switchable(make_cfg, tmp_path):
     machinery = [DeadFeatures, None, MemberLogs, MemberOutputs]
     default = built("trainer.progress_bar=true")
     assert [t if t in machinery else None for t in default[:4]] == machinery
-    assert default[-3:] == [HeldOutEvaluation, AuxK, TQDMProgressBar]  # no resampling unless asked
+    assert default[-3:] == [HeldOutEvaluation, AuxK, ProgressBar]  # no resampling unless asked
     resampling = built("trainer.resample_every_n_tokens=4096", "trainer.progress_bar=true")
-    assert resampling[-2:] == [Resample, TQDMProgressBar]
+    assert resampling[-2:] == [Resample, ProgressBar]
     assert built("callbacks.auxk=null", "trainer.eval_tokens=0", "trainer.progress_bar=false")[-1] is not AuxK
     added = built("+callbacks.lr={_target_: lightning.pytorch.callbacks.LearningRateMonitor}")
     assert added[-1] is LearningRateMonitor

@@ -7,5 +7,16 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from tcx.training.callbacks.state import TrainingState
 
 
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar, with tokens per second as a whole number (`12,345`): tqdm prints a logged
+    float in its shortest form, and a round 10,000.0 or any 100,000 and above came out as `1e+04`."""
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, int | str | float | dict[str, float]]:
+        items = super().get_metrics(trainer, pl_module)
+        if "tok/s" in items:
+            items["tok/s"] = f"{float(items['tok/s']):,.0f}"
+        return items
+
+
 def progress_bar(state: TrainingState) -> TQDMProgressBar | None:
-    return TQDMProgressBar() if state.trainer.progress_bar else None
+    return ProgressBar() if state.trainer.progress_bar else None
