@@ -32,6 +32,10 @@ a built wheel ships as tcx/conf (setup.py puts it there)."""
 T = TypeVar("T")
 
 
+PROFILERS = (None, "simple", "advanced", "pytorch")
+"""`trainer.profiler`'s values: Lightning's (its `xla` is for TPUs)."""
+
+
 @dataclass
 class TrainerConfig:
     """How long and how fast to train; everything about the optimisation loop except the lr."""
@@ -76,7 +80,8 @@ class TrainerConfig:
     the first run with this on) instead of running the model: same weights, bit for bit."""
     profiler: str | None = None
     """Lightning's profiler, `simple` or `advanced`: where the time went (model forward inside
-    `train_dataloader_next`, dictionary step, callbacks' evaluation), printed when the run ends."""
+    `train_dataloader_next`, dictionary step, callbacks' evaluation), printed when the run ends;
+    `pytorch`: torch's operator table, and a trace of the steps in the run dir (chrome://tracing)."""
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "batch_size", "buffer_tokens", "model_batch_size",
@@ -89,6 +94,8 @@ class TrainerConfig:
         if self.max_tokens < self.batch_size:
             raise ConfigError(f"trainer.max_tokens ({self.max_tokens}) is smaller than one batch "
                               f"(trainer.batch_size={self.batch_size}).")
+        if self.profiler not in PROFILERS:
+            raise ConfigError(f"trainer.profiler must be null, simple, advanced or pytorch, got '{self.profiler}'.")
         for name in ("lr_decay_fraction", "sparsity_warmup_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"trainer.{name} must lie in [0, 1], got {getattr(self, name)}.")

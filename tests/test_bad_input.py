@@ -56,6 +56,13 @@ def test_bad_trainer_type_fails_at_compose_naming_the_key(make_cfg):
         make_cfg("trainer.batch_size=abc")
 
 
+def test_an_unknown_profiler_is_refused_before_anything_runs(make_cfg, tmp_path):
+    """Lightning's own refusal came after the model had loaded, as a traceback."""
+    with pytest.raises(ConfigError, match=r"trainer\.profiler must be null, simple, advanced or pytorch, got 'nvtx'"):
+        train(make_cfg("trainer.profiler=nvtx"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_prints_one_paragraph_and_exits_1(tmp_path, cache_dir):
     out = subprocess.run([sys.executable, "-m", "tcx.cli.train", "experiment=smoke",
                           "dictionary.l1_coeff=-1", f"hydra.run.dir={tmp_path}"],

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
+import pytest
 import torch
+from safetensors.torch import load_file
 
 from tcx.config import build_node
 from tcx.dictionaries.io import load_dictionary, save_dictionary
@@ -62,3 +66,24 @@ def test_save_load_round_trip(make_cfg, tmp_path):
     assert meta["model"] == "tiny" and meta["d_sae"] == d.d_sae
     for k, v in d.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_normalised_dictionary_saves_in_model_units_whatever_hooks_it_carries(make_cfg, tmp_path, dtype):
+    """Training units (input and target scaled) fold into the saved weights: the loaded dictionary
+    maps raw activations to raw outputs as the trained one did. The trained module may carry hooks
+    that cannot be deep-copied (`trainer.profiler=pytorch` puts torch's record functions on it)."""
+    d = build_node(make_cfg().dictionary, "dictionary").build(6, 6, seed=3)
+    d.rescale_(2.5, 0.4)  # as training leaves it: normalised units
+    d = d.to(dtype)
+    record = torch.ops.profiler._record_function_enter_new("dictionary", None)  # what the profiler holds
+    d.register_forward_pre_hook(functools.partial(lambda records, *args: None, {"dictionary": record}))
+    x = torch.randn(5, 6, dtype=dtype)
+    save_dictionary(d, tmp_path, {"model": "tiny"})
+    loaded, meta = load_dictionary(tmp_path / "dictionary.safetensors")
+    assert loaded.in_model_units and load_file(tmp_path / "dictionary.safetensors")["W_enc"].dtype == dtype
+    assert meta["normalisation"] == {"input_scale": 2.5, "target_scale": pytest.approx(0.4, rel=1e-2)}  # (bf16: 0.4004)
+    tolerance = {"atol": 1e-3, "rtol": 0.05} if dtype == torch.bfloat16 else {}  # (folding rounds to 8 bits)
+    torch.testing.assert_close(loaded.to(dtype).reconstruct(x), d.reconstruct(x), **tolerance)
+    assert float(d.input_scale) == 2.5  # the trained module is left as it was
+    torch.ops.profiler._record_function_exit._RecordFunction(record)

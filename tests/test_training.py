@@ -43,6 +43,15 @@ def test_smoke_run_writes_every_output(make_cfg, tmp_path):
     assert not list(tmp_path.rglob("*.tmp")), "a temp file was left behind"
 
 
+def test_the_pytorch_profiler_leaves_a_trace_and_the_outputs(make_cfg, tmp_path):
+    """`trainer.profiler=pytorch` hooks every module with torch's record functions, which cannot be
+    deep-copied: saving the dictionary in model units used to fail there, after training."""
+    final = train(make_cfg("trainer.profiler=pytorch", "trainer.max_tokens=4096", "trainer.eval_tokens=1024"), tmp_path)
+    assert set(final) == {"main"} and (tmp_path / "dictionary.safetensors").is_file()
+    assert json.loads((tmp_path / "dictionary.json").read_text())["units"] == "model"
+    assert list(tmp_path.glob("*training_step*.pt.trace.json"))
+
+
 @pytest.mark.parametrize("kind", ["transcoder", "sae", "gated"])
 def test_the_smoke_experiment_trains_a_working_dictionary(make_cfg, tmp_path, kind):
     # what a user runs first (experiment=smoke, no coefficient given) must not train a dead dictionary

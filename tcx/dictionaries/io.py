@@ -14,7 +14,6 @@ tensors with the scales as buffers; they load the same way.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -45,8 +44,13 @@ def build(info: dict[str, Any]) -> Dictionary:
 
 
 def model_units(dictionary: Dictionary) -> Dictionary:
-    """A copy whose parameters act on raw model activations (the scales folded in)."""
-    return dictionary if dictionary.in_model_units else copy.deepcopy(dictionary).rescale_()
+    """A copy whose parameters act on raw model activations (the scales folded in). Built afresh,
+    not deep-copied: a module can carry hooks that cannot be copied (`trainer.profiler=pytorch`'s)."""
+    if dictionary.in_model_units:
+        return dictionary
+    folded = build(describe(dictionary)).to(device=dictionary.W_enc.device, dtype=dictionary.W_enc.dtype)
+    folded.load_state_dict(dictionary.state_dict())
+    return folded.rescale_()
 
 
 def save_dictionary(dictionary: Dictionary, directory: str | Path, meta: dict[str, Any]) -> None:
