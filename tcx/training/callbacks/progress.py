@@ -9,7 +9,7 @@ from tcx.training.callbacks.state import TrainingState
 
 class ProgressBar(TQDMProgressBar):
     """Lightning's bar, with tokens per second as a whole number (`12,345`): tqdm prints a logged
-    float in its shortest form, and a round 10,000.0 or any 100,000 and above came out as `1e+04`."""
+    float in its shortest form: a round 10,000.0 came out as `1e+4`, and a GPU's 104,524.4 as `1.05e+5`."""
 
     def get_metrics(self, trainer, pl_module) -> dict[str, int | str | float | dict[str, float]]:
         items = super().get_metrics(trainer, pl_module)
