@@ -37,7 +37,7 @@ class Stats:
 
     def add(self, z: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
         self.rows += len(z)
-        self.fired += (z != 0).sum(0).cpu()
+        self.fired += torch.count_nonzero(z, dim=0).cpu()
         self.active += torch.count_nonzero(z).item()
         self.sq_err += (y - t).pow(2).sum().item()
         self.cos += torch.nn.functional.cosine_similarity(y, t, dim=-1).sum().item()
