@@ -22,15 +22,3 @@ def test_dead_fraction_uses_the_window():
     since = torch.tensor([0, 10, 100, 1000])
     assert metrics.dead_fraction(since, 100) == 0.5
     assert metrics.dead_fraction(since, 5) == 0.75
-
-
-def test_mse_and_fvu_are_the_two_metrics_to_the_last_bit():
-    t = torch.tensor([[1.0, 2.0], [3.0, -2.0], [-1.0, 0.0]])
-    y = t + torch.tensor([[0.5, 0.0], [0.0, -1.0], [0.0, 0.0]])
-    mse, fvu = metrics.mse_and_fvu(y, t)
-    assert abs(mse.item() - (0.25 + 1.0) / 3) < 1e-7  # squared error summed over dimensions, averaged over rows
-    assert torch.equal(mse, metrics.mse(y, t)) and torch.equal(fvu, metrics.fvu(y, t))
-    g = torch.Generator().manual_seed(0)
-    y, t = torch.randn(64, 7, generator=g), torch.randn(64, 7, generator=g)
-    mse, fvu = metrics.mse_and_fvu(y, t)
-    assert torch.equal(mse, metrics.mse(y, t)) and torch.equal(fvu, metrics.fvu(y, t))

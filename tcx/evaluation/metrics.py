@@ -18,14 +18,6 @@ def mse(y: Float[Tensor, "batch d"], target: Float[Tensor, "batch d"]) -> Float[
     return (y - target).pow(2).sum(-1).mean()
 
 
-def mse_and_fvu(y: Float[Tensor, "batch d"], target: Float[Tensor, "batch d"]
-                ) -> tuple[Float[Tensor, ""], Float[Tensor, ""]]:
-    """`mse` and `fvu` from one squared error (the same values to the last bit: a training step
-    logs both)."""
-    squared = (y - target).pow(2)
-    return squared.sum(-1).mean(), squared.sum() / (target - target.mean(0)).pow(2).sum()
-
-
 def dead_fraction(tokens_since_fired: Tensor, window: int) -> float:
     """Fraction of features that have not fired in the last `window` tokens."""
     return (tokens_since_fired >= window).float().mean().item()

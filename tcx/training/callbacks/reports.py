@@ -61,8 +61,8 @@ class MemberLogs(L.Callback):
     def record(self, key: str, out: StepOutput, target: Tensor) -> dict[str, float]:
         """This step's row, into the member's window; read back at once (one device sync, not six)."""
         aux = out.loss.new_zeros(()) if out.aux is None else out.aux
-        mse, fvu = metrics.mse_and_fvu(out.y, target)
-        values = (out.loss, mse, out.sparsity, aux, metrics.l0(out.z), fvu)
+        values = (out.loss, metrics.mse(out.y, target), out.sparsity, aux, metrics.l0(out.z),
+                  metrics.fvu(out.y, target))
         row = dict(zip(ROW, torch.stack([v.float() for v in values]).tolist(), strict=True))
         self.recent[key].append(row)
         return row
