@@ -1,7 +1,8 @@
 """The dictionary training step alone, tcx against SAELens and sparsify, side by side in one run.
 
 Every trainer runs in its own process on the same data and from the same weights: Gaussian x,
-transcoder target y = relu(x·A)·B, Adam at lr 4e-4, fp32 (or bf16), median rows/s of `--repeats`
+transcoder target y = relu(x·A)·B, Adam at lr 4e-4, fp32 (or bf16, or bf16-mixed: float32 weights and
+every trainer's forward under bf16 autocast, as `trainer.precision=bf16-mixed`), median rows/s of `--repeats`
 runs of `--steps` steps after warm-up. SAELens cannot train transcoders, so the ReLU rows are SAEs
 (x -> x) with the same decoder-norm-weighted L1 (its encoder without b_dec subtracted, as tcx's);
 the TopK rows are transcoders. Each row ends with its loss, so nobody is fast by doing less: with the
@@ -10,6 +11,7 @@ divides by the target's variance) closely.
 
     python benchmarks/dictionary_step.py                  # about 15 minutes on 2 CPU cores
     python benchmarks/dictionary_step.py --device cuda --dtype bf16
+    python benchmarks/dictionary_step.py --dtype bf16-mixed     # a CPU with AVX512-BF16 or AMX, too
 
 The peers install into their own virtual environment, made on first use (SAELens pins
 transformer-lens < 4):
@@ -21,6 +23,8 @@ or pass `--peers-python` for one you have.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import statistics
@@ -70,16 +74,21 @@ def problem(args) -> dict[str, torch.Tensor]:
 
 
 # -- trainers: each returns step(x, y) -> (loss, l0, fvu) -------------------------------------------
+forward = contextlib.nullcontext
+"""What each trainer's forward runs under: bf16 autocast for `--dtype bf16-mixed`."""
+
+
 def make_dense(p, args, device, dtype):
     W_enc, b_enc, W_dec, b_dec = (p[k].to(device, dtype).clone().requires_grad_()
                                   for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
     opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=args.lr)
 
     def step(x, y):
-        z = torch.relu(x @ W_enc + b_enc)
-        out = z @ W_dec + b_dec
-        mse = (out - x).pow(2).sum(-1).mean()
-        loss = mse + args.l1 * (z * W_dec.norm(dim=1)).sum(-1).mean()
+        with forward():
+            z = torch.relu(x @ W_enc + b_enc)
+            out = z @ W_dec + b_dec
+            mse = (out - x).pow(2).sum(-1).mean()
+            loss = mse + args.l1 * (z * W_dec.norm(dim=1)).sum(-1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -108,7 +117,8 @@ def make_tcx(kind: str, dense: bool, fused: bool = False):
 
         def step(x, y):
             target = x if kind == "relu" else y
-            out = d(x, target)
+            with forward():
+                out = d(x, target)
             opt.zero_grad()
             out.loss.backward()
             d.before_optimizer_step()
@@ -132,7 +142,8 @@ def make_saelens(p, args, device, dtype):
     opt = torch.optim.Adam(sae.parameters(), lr=args.lr)
 
     def step(x, y):
-        out = sae.training_forward_pass(TrainStepInput(x, {"l1": args.l1}, None, 0, False))
+        with forward():
+            out = sae.training_forward_pass(TrainStepInput(x, {"l1": args.l1}, None, 0, False))
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -154,7 +165,8 @@ def make_sparsify(p, args, device, dtype):
     opt = torch.optim.Adam(sc.parameters(), lr=args.lr)
 
     def step(x, y):
-        out = sc(x, y, dead_mask=None)
+        with forward():
+            out = sc(x, y, dead_mask=None)
         opt.zero_grad()
         out.fvu.backward()
         sc.remove_gradient_parallel_to_decoder_directions()
@@ -174,9 +186,12 @@ MAKERS = {"dense": make_dense, "saelens-relu": make_saelens, "sparsify-topk": ma
 
 def worker(args) -> None:
     device = torch.device(args.device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16-mixed": torch.float32}[args.dtype]
     p = torch.load(args.problem)
     step, _ = MAKERS[args.worker](p, args, device, dtype)
+    if args.dtype == "bf16-mixed":  # (forwards only, as Lightning's mixed precision)
+        global forward
+        forward = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
     pool = [(x.to(device, dtype), y.to(device, dtype)) for x, y in zip(p["x"], p["y"], strict=True)]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for i in range(3):
@@ -227,7 +242,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pool", type=int, default=8, help="distinct batches, cycled")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "bf16-mixed"])
     parser.add_argument("--only", nargs="*", choices=list(TRAINERS), default=list(TRAINERS))
     parser.add_argument("--profile", action="store_true", help="print each trainer's top kernels")
     parser.add_argument("--peers-python", help="a python with sae-lens and eai-sparsify (made if absent)")

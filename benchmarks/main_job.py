@@ -7,6 +7,7 @@ checkpoints). Runs side by side in one go:
     python benchmarks/main_job.py cache    # live vs trainer.activation_cache=true, 1st and 2nd run: ~30 min
     python benchmarks/main_job.py cache trainer.max_tokens=500000
     python benchmarks/main_job.py commit HEAD~1   # that commit's tcx (git archive), then this tree's: ~25 min
+    python benchmarks/main_job.py bf16     # float32, then trainer.precision=bf16-mixed trainer.model_dtype=bfloat16
 
 `cache` writes about 3 GB per million tokens to <cache_dir>/activations and removes what it wrote.
 Every run but the cache's second starts without evaluation baselines (<cache_dir>/baselines/), as a
@@ -32,6 +33,9 @@ PHASES = {  # phase -> a pattern for its row in Lightning's simple profiler
     "dictionary step": r"run_training_batch",
     "held-out evaluation": r"\[Callback\]MemberOutputs[^|]*\.on_train_end",
 }
+
+
+BF16 = ["trainer.precision=bf16-mixed", "trainer.model_dtype=bfloat16"]
 
 
 def run(sparse: str, overrides: list[str], out: Path, tree: Path = REPO, cold: bool = True) -> dict[str, float]:
@@ -69,6 +73,9 @@ def main() -> None:
             subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
             runs[rev] = run("auto", overrides, Path(tmp) / "before", tree)
             runs["this tree"] = run("auto", overrides, Path(tmp) / "after")
+        elif mode == "bf16":  # float32 throughout, then bf16 matrix products (AVX512-BF16, AMX or a GPU)
+            runs["float32 (default)"] = run("auto", overrides, Path(tmp) / "fp32")
+            runs["bf16"] = run("auto", [*overrides, *BF16], Path(tmp) / "bf16")
         elif mode == "steps":
             runs["dense steps (before)"] = run("0", overrides, Path(tmp) / "dense")
             runs["sparse steps (default)"] = run("auto", overrides, Path(tmp) / "sparse")

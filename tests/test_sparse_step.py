@@ -26,6 +26,12 @@ def step(d, x, target, sparse: bool, monkeypatch):
     return out, {n: p.grad.float() for n, p in d.named_parameters() if p.grad is not None}
 
 
+def shift_for(cfg) -> float:
+    """b_enc's shift that leaves some picked codes positive and some zeroed: ReLU's few firing,
+    about a third to a half of the TopK family's k positive."""
+    return -0.3 if isinstance(cfg, ReLUConfig) else -0.2
+
+
 def both(cfg, d_in, d_out, monkeypatch, dtype=torch.float32, rows=50, shift=-0.3, dead=False, seed=0):
     torch.manual_seed(seed)
     d = cfg.build(d_in, d_out, seed=1).to(dtype)
@@ -47,7 +53,7 @@ def both(cfg, d_in, d_out, monkeypatch, dtype=torch.float32, rows=50, shift=-0.3
     (ReLUConfig(d_sae=1100, l1_coeff=1.0), 16, 12, False),  # W_enc's gradient transposed in 3 blocks, one short
 ], ids=["topk-k1", "topk-k=d_sae", "topk-auxk", "skip-auxk", "batchtopk", "relu", "relu-1100"])
 def test_sparse_step_is_the_dense_step(cfg, d_in, d_out, dead, monkeypatch):
-    (s, gs), (d, gd) = both(cfg, d_in, d_out, monkeypatch, dead=dead)
+    (s, gs), (d, gd) = both(cfg, d_in, d_out, monkeypatch, dead=dead, shift=shift_for(cfg))
     assert isinstance(s.z, SparseCodes) and isinstance(d.z, torch.Tensor)
     torch.testing.assert_close(s.z.dense(), d.z)
     torch.testing.assert_close(s.y, d.y)
@@ -96,6 +102,22 @@ def test_bf16(monkeypatch):
     assert s.y.dtype == torch.bfloat16 and isinstance(s.z, SparseCodes)
     torch.testing.assert_close(s.loss, d.loss)
     for name in gd:  # bf16 keeps 8 bits: gradients agree to its rounding
+        assert (gs[name] - gd[name]).abs().max() <= 0.02 * gd[name].abs().max(), name
+
+
+@pytest.mark.parametrize("cfg", [TopKConfig(d_sae=64, k=4), ReLUConfig(d_sae=512, l1_coeff=1.0)], ids=["topk", "relu"])
+def test_bf16_autocast(cfg, monkeypatch):
+    """`trainer.precision=bf16-mixed`: float32 weights, the forward under autocast. The sparse step's
+    encoder product runs in bf16 as the dense step's does, so the same features fire; the weights'
+    gradients stay float32 and agree to bf16's rounding."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (s, gs), (d, gd) = both(cfg, 16, 12, monkeypatch, rows=200, shift=shift_for(cfg))
+    assert isinstance(s.z, SparseCodes) and s.z.values.dtype == torch.bfloat16
+    assert 0 < torch.count_nonzero(s.z.values) < len(s.z.values) or isinstance(cfg, ReLUConfig)
+    assert torch.equal(s.z.dense() != 0, d.z != 0)
+    torch.testing.assert_close(s.z.dense(), d.z.to(torch.bfloat16))
+    torch.testing.assert_close(s.loss, d.loss, rtol=1e-2, atol=0)
+    for name in gd:
         assert (gs[name] - gd[name]).abs().max() <= 0.02 * gd[name].abs().max(), name
 
 

@@ -144,13 +144,22 @@ _workspaces: dict[tuple, Tensor] = {}
 def pre_activations(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_in d_sae"],
                     b_enc: Float[Tensor, " d_sae"]) -> Float[Tensor, "batch d_sae"]:
     """`x @ W_enc + b_enc` without a graph, into a buffer reused by the next call of the same shape
-    (on CPU a fresh 100 MB tensor costs a third of the product in page faults). Valid until then."""
-    key = (len(x), W_enc.shape[1], W_enc.dtype, W_enc.device)
+    (on CPU a fresh 100 MB tensor costs a third of the product in page faults). Valid until then.
+    Under autocast (`trainer.precision=bf16-mixed`) in its dtype, as the dense step's product is."""
+    dtype = compute_dtype(W_enc)
+    key = (len(x), W_enc.shape[1], dtype, W_enc.device)
     out = _workspaces.get(key)
     if out is None:
         _workspaces.clear()
         out = _workspaces[key] = torch.empty(key[:2], dtype=key[2], device=key[3])
-    return torch.addmm(b_enc, x.to(W_enc.dtype), W_enc, out=out)
+    return torch.addmm(b_enc.to(dtype), x.to(dtype), W_enc.to(dtype), out=out)
+
+
+def compute_dtype(W: Tensor) -> torch.dtype:
+    """The dtype a product with `W` runs in: autocast's where it is on (an explicit `out=` product
+    is not cast by it), else `W`'s own."""
+    device = W.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else W.dtype
 
 
 class _SparseEncode(torch.autograd.Function):
@@ -164,9 +173,15 @@ class _SparseEncode(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values: Tensor, _indices, _offsets):
+        with torch.autocast(grad_values.device.type, enabled=False):  # (a backward called inside autocast)
+            return _SparseEncode.gradients(ctx, grad_values)
+
+    @staticmethod
+    def gradients(ctx, grad_values: Tensor):
         x, W_enc, values, indices, offsets = ctx.saved_tensors
         codes = SparseCodes(torch.where(values > 0, grad_values, 0), indices, offsets, W_enc.shape[1])
         grad = codes.values  # relu: no gradient where nothing fired
+        acc = torch.promote_types(grad.dtype, torch.float32)  # no bf16 sparse products on CPU
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(indices, transposed(W_enc), offsets, mode="sum", per_sample_weights=grad)
@@ -176,12 +191,12 @@ class _SparseEncode(torch.autograd.Function):
             by_feature = indices.argsort(stable=True)  # a fixed order of summation: reproducible runs
             crow = torch.zeros(W_enc.shape[1] + 1, dtype=torch.long, device=x.device)
             crow[1:] = torch.bincount(indices, minlength=W_enc.shape[1]).cumsum(0)
-            acc = torch.promote_types(grad.dtype, torch.float32)  # no bf16 sparse products on CPU
             g_t = torch.sparse_csr_tensor(crow, rows[by_feature], grad[by_feature].to(acc),
                                           (W_enc.shape[1], len(x)), check_invariants=False)
             grad_W = transposed((g_t @ x.to(acc)).to(W_enc.dtype))
-        if ctx.needs_input_grad[2]:
-            grad_b = grad.new_zeros(W_enc.shape[1]).index_add_(0, indices, grad)
+        if ctx.needs_input_grad[2]:  # (summed in float32 where the codes are half precision)
+            grad_b = torch.zeros(W_enc.shape[1], dtype=acc, device=grad.device).index_add_(
+                0, indices, grad.to(acc)).to(W_enc.dtype)
         return grad_x, grad_W, grad_b, None, None
 
 

@@ -59,7 +59,8 @@ class TopKDictionary(Dictionary):
         """Set by the AuxK callback: latents that have not fired for the dead window."""
 
     def pre_activation(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
-        return x @ self.W_enc + self.b_enc
+        # (one addmm, as the sparse step's: under autocast both are bf16, bias included)
+        return torch.addmm(self.b_enc, x, self.W_enc)
 
     def activation(self) -> Activation:
         return Activation("topk", k=self.cfg.k)
