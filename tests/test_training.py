@@ -61,6 +61,20 @@ def test_the_smoke_experiment_trains_a_working_dictionary(make_cfg, tmp_path, ki
     assert 2 <= m["l0"] <= 0.6 * d_sae and m["fvu"] < 0.7 and m["dead_fraction"] < 0.25, m
 
 
+def test_bf16_mixed_precision_trains_what_float32_trains(make_cfg, tmp_path):
+    """`trainer.precision=bf16-mixed trainer.model_dtype=bfloat16`: the model and the dictionary's
+    products in bf16, the weights and optimiser float32. It ends where float32 does, to bf16's
+    rounding, and saves float32 weights."""
+    runs = {}
+    for name, extra in {"fp32": [], "bf16": ["trainer.precision=bf16-mixed", "trainer.model_dtype=bfloat16"]}.items():
+        train(make_cfg("dictionary.l1_coeff=0.1", *extra), tmp_path / name)
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert weights(tmp_path / "bf16")["W_enc"].dtype == torch.float32
+    assert runs["bf16"]["l0"] == pytest.approx(runs["fp32"]["l0"], rel=0.1)
+    assert runs["bf16"]["fvu"] == pytest.approx(runs["fp32"]["fvu"], rel=0.1)
+    assert runs["bf16"]["l0"] != runs["fp32"]["l0"]  # (the products did run in bf16)
+
+
 def test_dead_fraction_is_the_training_window_and_held_out_has_its_own_name(make_cfg, tmp_path):
     train(make_cfg("trainer.max_tokens=16384", "trainer.dead_window_tokens=8192"), tmp_path)
     m = json.loads((tmp_path / "metrics.json").read_text())

@@ -14,6 +14,8 @@ entries, held as `SparseCodes` (one CSR row per input row):
 chooses which entries fire (`top_k`, `batch_top_k`, `above`). Sparse steps are the default on CPU;
 `TCX_SPARSE=0` gives the plain dense step everywhere and `TCX_SPARSE=1` the sparse one everywhere
 (`sparse_enabled`). Both give the same step within float tolerance (tests/test_sparse_step.py).
+Under autocast (`trainer.precision=bf16-mixed`) the encoder's product runs in autocast's dtype, as the
+dense step's does; the gathers and sparse products after it accumulate in float32.
 """
 
 from __future__ import annotations
