@@ -180,6 +180,16 @@ def test_every_kind_round_trips_and_trains_on_the_tiny_model(make_cfg, tmp_path,
     assert json.loads((tmp_path / "run" / "dictionary.json").read_text())["kind"].startswith("tcx.")
 
 
+@pytest.mark.parametrize("name", options("dictionary"))
+def test_every_kind_reads_activations_of_any_leading_shape(make_cfg, name):
+    """`encode`, `reconstruct` of `[batch, pos, d_in]` (how a hook hands them over, and how SAELens
+    users call it) are those of its rows."""
+    d = kind(make_cfg, name).eval()
+    x = torch.randn(3, 7, 16, generator=GEN)
+    torch.testing.assert_close(d.encode(x), d.encode(x.reshape(21, 16)).reshape(3, 7, -1))
+    torch.testing.assert_close(d.reconstruct(x), d.reconstruct(x.reshape(21, 16)).reshape(3, 7, 16))
+
+
 def test_every_kind_is_a_transcoder_or_an_sae_by_one_key(make_cfg):
     for name in ("topk", "batchtopk", "jumprelu", "gated", "skip_transcoder"):
         cfg = build_node(make_cfg(f"dictionary={name}", "dictionary.input_site=mlp_out").dictionary,

@@ -58,9 +58,9 @@ class TopKDictionary(Dictionary):
         self.register_buffer("dead", torch.zeros(self.d_sae, dtype=torch.bool), persistent=False)
         """Set by the AuxK callback: latents that have not fired for the dead window."""
 
-    def pre_activation(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+    def pre_activation(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
         # (one addmm, as the sparse step's: under autocast both are bf16, bias included)
-        return torch.addmm(self.b_enc, x, self.W_enc)
+        return torch.addmm(self.b_enc, x.reshape(-1, self.d_in), self.W_enc).view(*x.shape[:-1], self.d_sae)
 
     def activation(self) -> Activation:
         return Activation("topk", k=self.cfg.k)
