@@ -16,6 +16,6 @@ class SlurmLauncher(SubmititSlurmLauncher):
 
         # submitit shares one watcher between all SLURM jobs of the process (a class attribute);
         # this process is the sweep's multirun, so replacing it affects only this sweep's jobs.
-        if not isinstance(SlurmJob.watcher, RequeueAwareWatcher):
-            SlurmJob.watcher = RequeueAwareWatcher(delay_s=SlurmJob.watcher._delay_s)
+        if not isinstance(SlurmJob.watcher, RequeueAwareWatcher):  # (its polling interval is private)
+            SlurmJob.watcher = RequeueAwareWatcher(delay_s=getattr(SlurmJob.watcher, "_delay_s", 600))
         return super().launch(job_overrides, initial_job_idx)
