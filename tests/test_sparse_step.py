@@ -97,6 +97,21 @@ def test_relu_falls_back_to_dense_while_most_features_fire(monkeypatch):
         torch.testing.assert_close(gs[name], gd[name], msg=name)
 
 
+def test_relu_in_bf16_goes_dense_sooner(monkeypatch):
+    """bf16's dense products are cheaper (3.5x float32's on a CPU with bf16 units), so under autocast
+    a ReLU step goes dense from 4% of codes firing, not 8%: at 6% it is dense in bf16, sparse in float32."""
+    monkeypatch.setenv("TCX_SPARSE", "1")
+    torch.manual_seed(0)
+    d = ReLUConfig(d_sae=512, l1_coeff=1.0).build(16, 12, seed=1)
+    x = torch.randn(400, 16)
+    with torch.no_grad():
+        d.b_enc.copy_(-(x @ d.W_enc).quantile(0.94, dim=0))  # each feature fires on 6% of rows
+    assert isinstance(d(x, torch.randn(400, 12)).z, SparseCodes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = d(x, torch.randn(400, 12)).z
+    assert isinstance(z, torch.Tensor) and 0.05 < float((z != 0).float().mean()) < 0.07
+
+
 def test_bf16(monkeypatch):
     (s, gs), (d, gd) = both(TopKConfig(d_sae=64, k=4), 16, 12, monkeypatch, dtype=torch.bfloat16)
     assert s.y.dtype == torch.bfloat16 and isinstance(s.z, SparseCodes)
