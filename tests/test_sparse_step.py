@@ -113,7 +113,8 @@ def test_relu_in_bf16_goes_dense_sooner(monkeypatch):
 
 
 def test_bf16(monkeypatch):
-    (s, gs), (d, gd) = both(TopKConfig(d_sae=64, k=4), 16, 12, monkeypatch, dtype=torch.bfloat16)
+    cfg = TopKConfig(d_sae=64, k=4)
+    (s, gs), (d, gd) = both(cfg, 16, 12, monkeypatch, dtype=torch.bfloat16, shift=shift_for(cfg))
     assert s.y.dtype == torch.bfloat16 and isinstance(s.z, SparseCodes)
     torch.testing.assert_close(s.loss, d.loss)
     for name in gd:  # bf16 keeps 8 bits: gradients agree to its rounding
