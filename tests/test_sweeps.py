@@ -174,6 +174,7 @@ def test_the_slurm_watcher_believes_sacct_only_once_squeue_has_let_the_job_go(tm
     assert not watcher.is_done("7_0", mode="force")
     assert watcher.get_state("7_0", mode="cache") == "UNKNOWN"
     (tmp_path / "queued").unlink()
+    time.sleep(0.01)  # submitit ignores a forced update within 1 ms of the last (the fake squeue can be that fast)
     assert watcher.is_done("7_0", mode="force")
     assert watcher.get_state("7_0", mode="cache") == "FAILED"
 
