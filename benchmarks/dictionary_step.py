@@ -186,6 +186,8 @@ MAKERS = {"dense": make_dense, "saelens-relu": make_saelens, "sparsify-topk": ma
 
 def worker(args) -> None:
     device = torch.device(args.device)
+    if device.type == "cpu":  # (sparsify takes its Triton decoder wherever triton imports; it needs CUDA)
+        os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16-mixed": torch.float32}[args.dtype]
     p = torch.load(args.problem)
     step, _ = MAKERS[args.worker](p, args, device, dtype)
@@ -205,7 +207,7 @@ def worker(args) -> None:
             i += 1
         sync()
         rates.append(args.steps * args.batch / (time.perf_counter() - start))
-    loss, l0, fvu = (float(t) for t in out)
+    loss, l0, fvu = (float(t.detach()) for t in out)
     if args.profile:  # where a step's time goes, kernel by kernel
         with torch.profiler.profile() as prof:
             for _ in range(5):
@@ -263,7 +265,7 @@ def main() -> None:
         torch.save(problem(args), Path(tmp) / "problem.pt")
         for name in args.only:
             title, env, _ = TRAINERS[name]
-            print(f"  {title} ...", flush=True)
+            print(f"  {title} ...", end=" ", flush=True)
             run = subprocess.run([pythons[env], __file__, *passed, "--worker", name,
                                   "--problem", str(Path(tmp) / "problem.pt")],
                                  capture_output=True, text=True, cwd=REPO)
@@ -271,6 +273,7 @@ def main() -> None:
                 print(run.stderr[-2000:])
                 continue
             results[name] = json.loads(run.stdout.strip().splitlines()[-1])
+            print(f"{results[name]['rows_per_s']:,.0f} rows/s", flush=True)
             if args.profile:
                 print(run.stderr)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()}-core CPU"

@@ -7,14 +7,40 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+import torch
 
-from tcx.cli.common import CONF_DIR
-from tcx.config import register_configs
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # tcx's Triton kernels (tests/test_kernels.py) on CPU tensors
+    os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # (sparsify's decoder would take it too: eager on CPU)
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from tcx.cli.common import CONF_DIR  # noqa: E402
+from tcx.config import register_configs  # noqa: E402
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach a hub
 os.environ.setdefault("WANDB_MODE", "offline")
 register_configs()
+
+
+def _interpreter_scalars() -> None:
+    """Triton's interpreter before 3.9 holds a scalar as a 1-element array and takes `int()` of it, which
+    numpy 2.4 refuses: a loop bound loaded from memory (`range(start, end)`) then fails. Take `.item()`
+    (as 3.9 does; a CUDA torch may pin an older triton)."""
+    try:
+        import triton.runtime.interpreter as interpreter
+    except ImportError:
+        return
+    patch_tensor = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+    interpreter._patch_lang_tensor = patched
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _interpreter_scalars()
 
 SMOKE = ["experiment=smoke"]
 
