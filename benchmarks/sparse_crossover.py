@@ -65,19 +65,20 @@ def main() -> None:
     pre = (x[:512] @ d.W_enc).flatten().float()
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()}-core CPU"
     print(f"ReLU step on {name}: batch {args.batch}, d_in {args.d_in}, {args.d_sae} latents; rows/s\n")
-    print("| firing | fp32 sparse | fp32 dense | ratio | bf16-mixed sparse | bf16-mixed dense | ratio |")
+    print("| firing (fp32 / bf16) | fp32 sparse | fp32 dense | ratio | bf16-mixed sparse | bf16-mixed dense | ratio |")
     print("|---|---|---|---|---|---|---|")
     for share in args.shares:
         with torch.no_grad():
             d.b_enc.fill_(-float(pre.quantile(1 - share)))
-        cells, fired = [], share
+        cells, fired = [], []
         for autocast in (False, True):
             os.environ["TCX_SPARSE"] = "1"
-            s, fired = rows_per_s(d, x, args.steps, autocast)
+            s, share_fired = rows_per_s(d, x, args.steps, autocast)
             os.environ["TCX_SPARSE"] = "0"
             r, _ = rows_per_s(d, x, args.steps, autocast)
             cells += [f"{s:,.0f}", f"{r:,.0f}", f"{s / r:.2f}×"]
-        print(f"| {100 * fired:.1f}% | " + " | ".join(cells) + " |", flush=True)
+            fired.append(f"{100 * share_fired:.1f}%")
+        print(f"| {' / '.join(fired)} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

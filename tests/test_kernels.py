@@ -14,7 +14,7 @@ import torch
 from tcx.dictionaries.batchtopk import BatchTopKConfig
 from tcx.dictionaries.relu import ReLUConfig
 from tcx.dictionaries.skip import SkipTranscoderConfig
-from tcx.dictionaries.sparse import ByFeature, SparseCodes, crow_of, decode, rows_of
+from tcx.dictionaries.sparse import ByFeature, SparseCodes, crow_of, decode
 from tcx.dictionaries.topk import TopKConfig
 
 if os.environ.get("CI"):
@@ -33,11 +33,17 @@ def triton_on(monkeypatch):
 
 
 def random_codes(batch: int, d_sae: int, dtype: torch.dtype, seed: int = 0) -> tuple[SparseCodes, torch.Tensor]:
-    """Ragged CSR codes (some rows empty, up to 40 entries a row, columns unsorted) and their dense form."""
+    """Ragged CSR codes and their dense form: every fifth row empty, up to 40 entries a row, columns
+    unsorted; the last 3 features never fire, and the 4th-last fires in every other row (more entries
+    than a kernel reads at once, for batches past 2·BJ)."""
     g = torch.Generator().manual_seed(seed)
-    counts = torch.randint(0, min(41, d_sae - 2), (batch,), generator=g)
+    counts = torch.randint(0, min(40, d_sae - 4), (batch,), generator=g)
     counts[::5] = 0
-    indices = torch.cat([torch.randperm(d_sae - 3, generator=g)[:c] for c in counts.tolist()])  # 3 never fire
+    hot = d_sae - 4
+    rows = [torch.randperm(hot, generator=g)[:c] for c in counts.tolist()]
+    rows = [torch.cat([r, torch.tensor([hot])]) if len(r) else r for r in rows]
+    counts = torch.tensor([len(r) for r in rows])
+    indices = torch.cat(rows)
     offsets = torch.cumsum(counts, 0) - counts
     values = torch.randn(len(indices), generator=g).to(dtype)
     codes = SparseCodes(values, indices, offsets, d_sae)
@@ -52,9 +58,10 @@ def to(codes: SparseCodes, device: str) -> SparseCodes:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("d", [5, 200])  # one block of columns; two, the second short
 def test_kernels_compute_the_dense_products(dtype, d):
-    codes, z = random_codes(37, 70, dtype)
+    codes, z = random_codes(53, 70, dtype)
+    assert (z[:, 66] != 0).sum() > 32  # (the hot feature: more entries than a kernel reads at once)
     W = torch.randn(70, d).to(dtype)
-    A, grad_y = torch.randn(37, d).to(dtype), torch.randn(37, d).to(dtype)
+    A, grad_y = torch.randn(53, d).to(dtype), torch.randn(53, d).to(dtype)
     c, Wd, Ad, gd = to(codes, DEVICE), W.to(DEVICE), A.to(DEVICE), grad_y.to(DEVICE)
     crow = crow_of(c.offsets, len(c.indices))
     z64, W64, A64, g64 = z.double(), W.double(), A.double(), grad_y.double()
@@ -71,7 +78,7 @@ def test_kernels_compute_the_dense_products(dtype, d):
     rounded = {"atol": 1e-2, "rtol": 8e-3} if dtype == torch.bfloat16 else tol  # (stored in bf16)
     torch.testing.assert_close(out.T.cpu().double(), (z64.T @ A64).to(dtype).double(), **rounded)
     torch.testing.assert_close(sums.cpu().double(), z64.sum(0), **tol)
-    assert (out[:, -3:] == 0).all()  # features with no entries get zeros, not what was there
+    assert (out[:, -3:] == 0).all()  # features with no entries get zeros, not what was there (nan)
 
 
 def test_kernel_decode_gradients_pass_gradcheck():
@@ -82,6 +89,33 @@ def test_kernel_decode_gradients_pass_gradcheck():
     W_dec = torch.randn(12, 7, dtype=torch.float64, device=DEVICE, requires_grad=True)
     b_dec = torch.randn(7, dtype=torch.float64, device=DEVICE)
     assert torch.autograd.gradcheck(lambda v, W: decode(codes._replace(values=v), W, b_dec), (values, W_dec))
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_kernels_take_a_broadcast_gradient(reduce):
+    """`decode(...).sum()` hands the backward a gradient of stride 0 (an expanded scalar)."""
+    codes, z = random_codes(11, 20, torch.float32, seed=3)
+    codes = to(codes, DEVICE)
+    values = codes.values.clone().requires_grad_()
+    W_dec = torch.randn(20, 6, device=DEVICE, requires_grad=True)
+    getattr(decode(codes._replace(values=values), W_dec, torch.zeros(6, device=DEVICE)), reduce)().backward()
+    z = z.to(DEVICE).requires_grad_()
+    W = W_dec.detach().clone().requires_grad_()
+    getattr(z @ W, reduce)().backward()
+    torch.testing.assert_close(values.grad, z.grad[codes.rows, codes.indices])
+    torch.testing.assert_close(W_dec.grad, W.grad)
+
+
+def test_kernels_with_no_entries():
+    """A batch where nothing fires: the decoder gives b_dec, every gradient is zero."""
+    codes = SparseCodes(torch.zeros(0, device=DEVICE, requires_grad=True), torch.zeros(0, dtype=torch.long,
+                        device=DEVICE), torch.zeros(4, dtype=torch.long, device=DEVICE), 9)
+    W_dec = torch.randn(9, 5, device=DEVICE, requires_grad=True)
+    b_dec = torch.randn(5, device=DEVICE)
+    y = decode(codes, W_dec, b_dec)
+    torch.testing.assert_close(y, b_dec.expand(4, 5))
+    (y * torch.randn(4, 5, device=DEVICE)).sum().backward()
+    assert W_dec.grad.abs().sum() == 0
 
 
 CASES = [
@@ -134,4 +168,3 @@ def test_kernels_sum_in_a_fixed_order():
         runs.append((out, sums, kernels.dot_rows(A, out, codes.indices, crow_of(codes.offsets, len(codes.indices)),
                                                  torch.float32)))
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
-    assert torch.equal(rows_of(codes.offsets, len(codes.indices)).cpu(), codes.rows.cpu())

@@ -18,10 +18,14 @@ block of output columns, looping over that row's or feature's entries `BJ` at a 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from tcx.dictionaries.sparse import ByFeature
 
 try:
     import triton
@@ -108,15 +112,15 @@ if triton is not None:
             a = tl.load(A + row[:, None] * stride_a + cols[None, :], mask=in_j[:, None] & in_d[None, :], other=0.0)
             acc += tl.sum(w[:, None] * a.to(ACC), axis=0)
             total += w
-        tl.store(out + f * stride_of + cols * stride_od, acc, mask=in_d)
+        tl.store(out + f * stride_of + cols.to(tl.int64) * stride_od, acc, mask=in_d)  # (d_in·d_sae may pass 2³¹)
         tl.store(sums + f, tl.sum(total, axis=0), mask=tl.program_id(1) == 0)
 
 
 def decode_rows(values: Float[Tensor, " nnz"], indices: Int[Tensor, " nnz"], crow: Int[Tensor, " batch_plus_1"],
-                W: Float[Tensor, "d_sae d"], dtype: torch.dtype) -> Float[Tensor, "batch d"]:
+                W: Float[Tensor, "d_sae d"], out_dtype: torch.dtype) -> Float[Tensor, "batch d"]:
     """`y[r] = sum_j values[j] W[indices[j]]` over row r's entries, summed in float32 (float64 for float64)."""
-    batch, d = len(crow) - 1, W.shape[1]
-    y = torch.empty(batch, d, dtype=dtype, device=W.device)
+    batch, d, W = len(crow) - 1, W.shape[1], W.contiguous()  # (the kernels read rows with unit stride)
+    y = torch.empty(batch, d, dtype=out_dtype, device=W.device)
     if batch:
         BD = _columns(d)
         _decode_rows[(batch, triton.cdiv(d, BD))](values, indices, crow, W, y, d, W.stride(0), y.stride(0),
@@ -125,16 +129,18 @@ def decode_rows(values: Float[Tensor, " nnz"], indices: Int[Tensor, " nnz"], cro
 
 
 def dot_rows(grad_y: Float[Tensor, "batch d"], W: Float[Tensor, "d_sae d"], indices: Int[Tensor, " nnz"],
-             crow: Int[Tensor, " batch_plus_1"], dtype: torch.dtype) -> Float[Tensor, " nnz"]:
-    """`out[j] = grad_y[r] . W[indices[j]]` for each entry j of row r: `grad_y @ W.T` at the entries."""
-    out = torch.empty(len(indices), dtype=dtype, device=W.device)
+             crow: Int[Tensor, " batch_plus_1"], out_dtype: torch.dtype) -> Float[Tensor, " nnz"]:
+    """`out[j] = grad_y[r] . W[indices[j]]` for each entry j of row r: `grad_y @ W.T` at the entries.
+    (`grad_y` may come broadcast, e.g. from a `.sum()`: made contiguous first.)"""
+    grad_y, W = grad_y.contiguous(), W.contiguous()
+    out = torch.empty(len(indices), dtype=out_dtype, device=W.device)
     if len(indices):
         _dot_rows[(len(grad_y),)](grad_y, W, indices, crow, out, W.shape[1], grad_y.stride(0), W.stride(0),
                                   BJ=BJ, BD=_columns(W.shape[1]), ACC=_acc(W.dtype), num_warps=NUM_WARPS)
     return out
 
 
-def sum_by_feature(A: Float[Tensor, "batch d"], weights: Float[Tensor, " nnz"], by_feature,
+def sum_by_feature(A: Float[Tensor, "batch d"], weights: Float[Tensor, " nnz"], by_feature: ByFeature,
                    out: Float[Tensor, "d_sae d"]) -> Float[Tensor, " d_sae"]:
     """`out[f] = sum_j weights[j] A[row of j]` over feature f's entries (`weights` row-major, as the
     codes hold them; `out` may be a transposed view), and returns `sums[f] = sum_j weights[j]`."""

@@ -227,10 +227,11 @@ class _SparseEncode(torch.autograd.Function):
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(indices, transposed(W_enc), offsets, mode="sum", per_sample_weights=grad)
-        if kernels.enabled(x.device):  # both in one pass over the entries by feature
-            grad_W = torch.empty_like(W_enc)
+        if kernels.enabled(x.device) and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            grad_W = torch.empty_like(W_enc)  # (both in one pass over the entries by feature)
             grad_b = kernels.sum_by_feature(x, grad, by_feature, out=grad_W.T).to(W_enc.dtype)
-            return grad_x, grad_W, grad_b, None, None
+            needs = ctx.needs_input_grad
+            return grad_x, grad_W if needs[1] else None, grad_b if needs[2] else None, None, None
         if ctx.needs_input_grad[1]:  # grad_W_enc.T = G.T @ x, G the sparse [batch, d_sae] gradient
             grad_W = transposed((by_feature.transposed(grad.to(acc), len(x)) @ x.to(acc)).to(W_enc.dtype))
         if ctx.needs_input_grad[2]:  # (summed in float32 where the codes are half precision)
