@@ -6,8 +6,10 @@ the CPU's path) and `TCX_TRITON` chooses: `auto` (the default) on CUDA tensors w
 runs in a fixed order, in float32 (float64 for float64 operands), so a step is reproducible.
 
 Codes are CSR (`crow[r]:crow[r+1]` are row r's entries) and, for the weight gradients, the same
-entries grouped by feature (`ByFeature`). Three kernels, each one program per row or per feature and
-block of output columns, looping over that row's or feature's entries `BJ` at a time:
+entries grouped by feature (`ByFeature`). Two kernels, each one program per row or per feature (and
+block of output columns), looping over that row's or feature's entries `BJ` at a time: a weighted sum
+of gathered rows over a segment (`_segment_sum`), which the decoder's forward and both weight
+gradients are, and the dot products of each code's gradient (`_dot_rows`):
 
     decode_rows     y[r]       = sum_j values[j] W[indices[j]]          (the decoder's forward)
     dot_rows        out[j]     = grad_y[r] . W[indices[j]]              (each code's gradient)
@@ -60,23 +62,6 @@ def _columns(d: int) -> int:
 if triton is not None:
 
     @triton.jit
-    def _decode_rows(values, indices, crow, W, y, d, stride_w, stride_y,
-                     BJ: tl.constexpr, BD: tl.constexpr, ACC: tl.constexpr):
-        r = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BD + tl.arange(0, BD)
-        in_d = cols < d
-        start, end = tl.load(crow + r), tl.load(crow + r + 1)
-        acc = tl.zeros((BD,), ACC)
-        for j0 in range(start, end, BJ):
-            j = j0 + tl.arange(0, BJ)
-            in_j = j < end
-            idx = tl.load(indices + j, mask=in_j, other=0)
-            v = tl.load(values + j, mask=in_j, other=0.0).to(ACC)
-            w = tl.load(W + idx[:, None] * stride_w + cols[None, :], mask=in_j[:, None] & in_d[None, :], other=0.0)
-            acc += tl.sum(v[:, None] * w.to(ACC), axis=0)
-        tl.store(y + r * stride_y + cols, acc, mask=in_d)
-
-    @triton.jit
     def _dot_rows(grad_y, W, indices, crow, out, d, stride_g, stride_w,
                   BJ: tl.constexpr, BD: tl.constexpr, ACC: tl.constexpr):
         r = tl.program_id(0).to(tl.int64)
@@ -96,35 +81,52 @@ if triton is not None:
             tl.store(out + j, acc, mask=in_j)
 
     @triton.jit
-    def _sum_by_feature(A, weights, order, rows, crow, out, sums, d, stride_a, stride_of, stride_od,
-                        BJ: tl.constexpr, BD: tl.constexpr, ACC: tl.constexpr):
-        f = tl.program_id(0).to(tl.int64)
+    def _segment_sum(M, weights, order, gather, crow, out, sums, d, stride_m, stride_os, stride_oc,
+                     HAS_ORDER: tl.constexpr, HAS_SUMS: tl.constexpr,
+                     BJ: tl.constexpr, BD: tl.constexpr, ACC: tl.constexpr):
+        """out[s] = sum_j weights[k] M[gather[j]] over segment s's entries j (k = order[j] with
+        HAS_ORDER, else j), and with HAS_SUMS sums[s] = sum_j weights[k]."""
+        s = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BD + tl.arange(0, BD)
         in_d = cols < d
-        start, end = tl.load(crow + f), tl.load(crow + f + 1)
+        start, end = tl.load(crow + s), tl.load(crow + s + 1)
         acc = tl.zeros((BD,), ACC)
         total = tl.zeros((BJ,), ACC)
         for j0 in range(start, end, BJ):
             j = j0 + tl.arange(0, BJ)
             in_j = j < end
-            w = tl.load(weights + tl.load(order + j, mask=in_j, other=0), mask=in_j, other=0.0).to(ACC)
-            row = tl.load(rows + j, mask=in_j, other=0)
-            a = tl.load(A + row[:, None] * stride_a + cols[None, :], mask=in_j[:, None] & in_d[None, :], other=0.0)
-            acc += tl.sum(w[:, None] * a.to(ACC), axis=0)
+            if HAS_ORDER:  # noqa: SIM108  (a constexpr branch, in the form every triton compiles)
+                k = tl.load(order + j, mask=in_j, other=0)
+            else:
+                k = j
+            w = tl.load(weights + k, mask=in_j, other=0.0).to(ACC)
+            g = tl.load(gather + j, mask=in_j, other=0)
+            m = tl.load(M + g[:, None] * stride_m + cols[None, :], mask=in_j[:, None] & in_d[None, :], other=0.0)
+            acc += tl.sum(w[:, None] * m.to(ACC), axis=0)
             total += w
-        tl.store(out + f * stride_of + cols.to(tl.int64) * stride_od, acc, mask=in_d)  # (d_in·d_sae may pass 2³¹)
-        tl.store(sums + f, tl.sum(total, axis=0), mask=tl.program_id(1) == 0)
+        tl.store(out + s * stride_os + cols.to(tl.int64) * stride_oc, acc, mask=in_d)  # (d_in·d_sae may pass 2³¹)
+        if HAS_SUMS:
+            tl.store(sums + s, tl.sum(total, axis=0), mask=tl.program_id(1) == 0)
+
+
+def _segment_sums(M: Float[Tensor, "n d"], weights: Float[Tensor, " nnz"], gather: Int[Tensor, " nnz"],
+                  crow: Int[Tensor, " segments_plus_1"], out: Float[Tensor, "segments d"],
+                  order: Int[Tensor, " nnz"] | None = None, sums: Float[Tensor, " segments"] | None = None) -> None:
+    """`_segment_sum` over every segment and block of columns (`out` may be a transposed view)."""
+    if not len(out):
+        return
+    M, BD = M.contiguous(), _columns(out.shape[1])  # (the kernel reads rows with unit stride)
+    _segment_sum[(len(out), triton.cdiv(out.shape[1], BD))](
+        M, weights, gather if order is None else order, gather, crow, out, out if sums is None else sums,
+        out.shape[1], M.stride(0), out.stride(0), out.stride(1), HAS_ORDER=order is not None,
+        HAS_SUMS=sums is not None, BJ=BJ, BD=BD, ACC=_acc(M.dtype), num_warps=NUM_WARPS)
 
 
 def decode_rows(values: Float[Tensor, " nnz"], indices: Int[Tensor, " nnz"], crow: Int[Tensor, " batch_plus_1"],
                 W: Float[Tensor, "d_sae d"], out_dtype: torch.dtype) -> Float[Tensor, "batch d"]:
     """`y[r] = sum_j values[j] W[indices[j]]` over row r's entries, summed in float32 (float64 for float64)."""
-    batch, d, W = len(crow) - 1, W.shape[1], W.contiguous()  # (the kernels read rows with unit stride)
-    y = torch.empty(batch, d, dtype=out_dtype, device=W.device)
-    if batch:
-        BD = _columns(d)
-        _decode_rows[(batch, triton.cdiv(d, BD))](values, indices, crow, W, y, d, W.stride(0), y.stride(0),
-                                                   BJ=BJ, BD=BD, ACC=_acc(W.dtype), num_warps=NUM_WARPS)
+    y = torch.empty(len(crow) - 1, W.shape[1], dtype=out_dtype, device=W.device)
+    _segment_sums(W, values, indices, crow, y)
     return y
 
 
@@ -144,11 +146,6 @@ def sum_by_feature(A: Float[Tensor, "batch d"], weights: Float[Tensor, " nnz"], 
                    out: Float[Tensor, "d_sae d"]) -> Float[Tensor, " d_sae"]:
     """`out[f] = sum_j weights[j] A[row of j]` over feature f's entries (`weights` row-major, as the
     codes hold them; `out` may be a transposed view), and returns `sums[f] = sum_j weights[j]`."""
-    d_sae, d = out.shape
-    sums = torch.empty(d_sae, dtype=torch.promote_types(A.dtype, torch.float32), device=A.device)
-    A = A.contiguous()
-    BD = _columns(d)
-    _sum_by_feature[(d_sae, triton.cdiv(d, BD))](
-        A, weights, by_feature.order, by_feature.rows, by_feature.crow, out, sums, d, A.stride(0),
-        out.stride(0), out.stride(1), BJ=BJ, BD=BD, ACC=_acc(A.dtype), num_warps=NUM_WARPS)
+    sums = torch.empty(len(out), dtype=torch.promote_types(A.dtype, torch.float32), device=A.device)
+    _segment_sums(A, weights, by_feature.rows, by_feature.crow, out, order=by_feature.order, sums=sums)
     return sums
