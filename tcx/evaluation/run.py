@@ -20,6 +20,7 @@ from tcx.evaluation.fidelity import compare, loss, outputs
 from tcx.evaluation.plots import density_histogram
 from tcx.evaluation.splice import ablation_hooks, splice_hooks, target_means
 from tcx.io import write_json
+from tcx.models.prefix import hook_layer
 from tcx.runs import Placed, open_runs
 
 
@@ -80,21 +81,24 @@ def measure(lm, placed: list[Placed], heldout: torch.Tensor, valid: slice, batch
     if joint and len(placed) > 1:
         variants["spliced"] = splice_hooks(placed, valid)
     losses: dict[str, list[torch.Tensor]] = {}
+    # every run of a batch edits nothing before this block: the blocks before it run once a batch
+    first = min(hook_layer(h) for p in placed for h in (p.input_hook, p.target_hook))
     with torch.inference_mode():
         for b, start in enumerate(tqdm(range(0, len(heldout), batch_windows), desc="evaluating",
                                        unit="batch", disable=not progress, leave=False)):
             tokens = heldout[start: start + batch_windows]
-            clean = kept.clean[b].to(lm.device) if kept and kept.clean else outputs(lm, tokens, [])
-            if not kept:
-                if base.clean is not None:
-                    base.clean.append(clean.cpu())
-                base.add("clean", loss(lm, tokens, clean, clean))
-                for name, hooks in ablations.items():
+            with lm.shared_prefix(tokens, first):
+                clean = kept.clean[b].to(lm.device) if kept and kept.clean else outputs(lm, tokens, [])
+                if not kept:
+                    if base.clean is not None:
+                        base.clean.append(clean.cpu())
+                    base.add("clean", loss(lm, tokens, clean, clean))
+                    for name, hooks in ablations.items():
+                        for k, v in compare(lm, tokens, clean, outputs(lm, tokens, hooks), name).items():
+                            base.add(k, v)
+                for name, hooks in variants.items():
                     for k, v in compare(lm, tokens, clean, outputs(lm, tokens, hooks), name).items():
-                        base.add(k, v)
-            for name, hooks in variants.items():
-                for k, v in compare(lm, tokens, clean, outputs(lm, tokens, hooks), name).items():
-                    losses.setdefault(k, []).append(v.cpu())
+                        losses.setdefault(k, []).append(v.cpu())
     if not kept:
         baselines.save(cache_dir, key, base)
     mean_loss = {k: torch.cat(v).mean().item() for k, v in {**base.losses, **losses}.items()}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from torch import Tensor
 
 from tcx.digest import tensors_digest
 from tcx.errors import ConfigError
+from tcx.models.prefix import hook_layer, shared_blocks
 from tcx.models.spec import ModelSpec
 
 
@@ -27,6 +29,7 @@ class LanguageModel:
         self.spec = spec
         self.tokenizer = tokenizer
         self._digest: tuple[tuple, str] | None = None
+        self._prefix: tuple[Tensor, int] | None = None
         if hasattr(tokenizer, "model_max_length"):  # we chunk long documents ourselves: no warning
             tokenizer.model_max_length = 1 << 30
 
@@ -107,6 +110,7 @@ class LanguageModel:
             return act
 
         fwd = [*edits, *((h, functools.partial(save, name=h)) for h in hooks)]
+        self._check_prefix(tokens, [name for name, _ in fwd])
         try:
             with self.bridge.hooks(fwd_hooks=fwd):
                 self.bridge(tokens.to(self.device), return_type=None)
@@ -116,5 +120,32 @@ class LanguageModel:
 
     def run_with_hooks(self, tokens: Int[Tensor, "batch pos"],
                        hooks: Sequence[tuple[str, Callable]], **kwargs: Any) -> Any:
+        self._check_prefix(tokens, [name for name, _ in hooks])
         with self.bridge.hooks(fwd_hooks=list(hooks)):
             return self.bridge(tokens.to(self.device), **kwargs)
+
+    @contextlib.contextmanager
+    def shared_prefix(self, tokens: Int[Tensor, "batch pos"], layer: int) -> Iterator[None]:
+        """Forwards of `tokens` inside, each with its own edits from block `layer` on, run blocks
+        `0 .. layer-1` once (see prefix.py): what an evaluation's clean, ablated and spliced runs of
+        one batch share. A forward inside on other tokens, or with a hook before `layer`, is an error."""
+        if self._prefix is not None:
+            raise RuntimeError("LanguageModel.shared_prefix does not nest.")
+        with shared_blocks(self.bridge, layer) as shared:
+            self._prefix = (tokens, layer) if shared else None
+            try:
+                yield
+            finally:
+                self._prefix = None
+
+    def _check_prefix(self, tokens: Tensor, hooks: Sequence[str]) -> None:
+        if self._prefix is None:
+            return
+        kept, layer = self._prefix
+        early = [h for h in hooks if hook_layer(h) < layer]
+        if early:
+            raise RuntimeError(f"hooks {early} sit before block {layer}, whose earlier blocks this "
+                               "forward replays (LanguageModel.shared_prefix).")
+        if tokens is not kept and not torch.equal(tokens.cpu(), kept.cpu()):
+            raise RuntimeError("LanguageModel.shared_prefix: a forward on other tokens than the "
+                               "prefix was run for.")
