@@ -229,3 +229,15 @@ def test_sparse_steps_are_reproducible_across_processes():
                            env={**os.environ, "TCX_SPARSE": "1"}) for _ in range(3)]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
     assert len({r.stdout for r in runs}) == 1, [r.stdout for r in runs]
+
+
+def test_counts_are_bincounts():
+    """The sparse step's per-row and per-feature counts (a scatter-add: no wait for the GPU) are
+    bincount's: repeats, the last bin, bins nothing falls in, and no entries at all."""
+    from tcx.dictionaries.sparse import counts
+
+    x = torch.tensor([3, 0, 3, 9, 3, 0])
+    assert counts(x, 10).tolist() == torch.bincount(x, minlength=10).tolist() == [2, 0, 0, 3, 0, 0, 0, 0, 0, 1]
+    assert counts(x[:0], 4).tolist() == [0, 0, 0, 0]
+    big = torch.randint(0, 6144, (200_000,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(counts(big, 6144), torch.bincount(big, minlength=6144))

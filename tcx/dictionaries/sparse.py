@@ -57,6 +57,14 @@ def sparse_enabled(device: torch.device) -> bool:
     return device.type == "cpu" if flag == "auto" else flag != "0"
 
 
+def counts(x: Int[Tensor, " nnz"], n: int) -> Int[Tensor, " n"]:
+    """How often each of `0 .. n-1` occurs in `x`: `bincount(x, minlength=n)`, which on a GPU reads
+    `x`'s maximum back to size its output, a wait that keeps the host from queueing ahead. An
+    integer scatter-add needs none and sums the same in any order. (On a CPU it takes 0.35 ms where
+    bincount takes 0.19 for a ReLU step's 200k entries, in steps of 50 ms.)"""
+    return torch.zeros(n, dtype=torch.long, device=x.device).index_add_(0, x, torch.ones_like(x))
+
+
 class ByFeature(NamedTuple):
     """The firing entries grouped by feature: the CSR layout of the transposed codes, which both
     weight gradients read (`W_enc`'s and `W_dec`'s are `[d_sae, batch]`-sparse x dense products).
@@ -71,7 +79,7 @@ class ByFeature(NamedTuple):
     def of(indices: Int[Tensor, " nnz"], rows: Int[Tensor, " nnz"], d_sae: int) -> ByFeature:
         order = indices.argsort(stable=True)
         crow = torch.zeros(d_sae + 1, dtype=torch.long, device=indices.device)
-        crow[1:] = torch.bincount(indices, minlength=d_sae).cumsum(0)
+        crow[1:] = counts(indices, d_sae).cumsum(0)
         return ByFeature(order, rows[order], crow)
 
     def transposed(self, values: Float[Tensor, " nnz"], batch: int) -> Float[Tensor, "d_sae batch"]:
@@ -150,7 +158,7 @@ def batch_top_k(k: int) -> Rule:
             candidates[full], columns[full] = more, more_columns
         rows, index = pick // width, columns.flatten()[pick]
         order = rows.argsort(stable=True)
-        return values[order].clamp_min(0), index[order], torch.bincount(rows, minlength=n)
+        return values[order].clamp_min(0), index[order], counts(rows, n)
     return rule
 
 
@@ -158,7 +166,7 @@ def marked(mask: Bool[Tensor, "batch d_sae"]) -> Rule:
     """The entries `mask` marks (a mask already computed, e.g. to count them)."""
     def rule(pre: Tensor) -> Selection:
         rows, index = mask.nonzero(as_tuple=True)
-        return pre[rows, index], index, torch.bincount(rows, minlength=len(pre))
+        return pre[rows, index], index, counts(rows, len(pre))
     return rule
 
 
