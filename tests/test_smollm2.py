@@ -74,6 +74,28 @@ def test_train_two_layers_and_evaluate_next_token_ce_jointly(make_cfg, tmp_path,
     assert json.loads((tmp_path / "eval_joint.json").read_text())["dictionaries"] == [str(r) for r in runs]
 
 
+def test_next_token_logprobs_with_shared_early_blocks_are_those_of_running_everything(smollm2):
+    """Llama's blocks replayed (tcx/models/prefix.py): rotary positions and the cache its layers
+    update are the model's own business; the log-probabilities clean and with layer 15's MLP zeroed
+    are those of full runs to the last bit, and the ablation changes them."""
+    from tcx.evaluation.fidelity import outputs
+    from tcx.evaluation.splice import ablation_hooks
+
+    _, lm = smollm2
+    tokens = torch.tensor([lm.prefix_ids + lm.encode("def add(a, b):\n    return a + b")] * 2)
+    zero = ablation_hooks({"blocks.15.hook_mlp_out": None}, slice(1, None))
+    with torch.inference_mode():
+        alone = [outputs(lm, tokens, []), outputs(lm, tokens, zero)]
+        calls: list[int] = []
+        handle = lm.bridge.blocks[14].register_forward_hook(lambda *_: calls.append(1))
+        with lm.shared_prefix(tokens, 15):
+            shared = [outputs(lm, tokens, []), outputs(lm, tokens, zero), outputs(lm, tokens, zero)]
+        handle.remove()
+    assert len(calls) == 1  # block 14 ran in the first of the three runs only
+    assert all(torch.equal(a, s) for a, s in zip([*alone, alone[1]], shared, strict=True))
+    assert not torch.equal(alone[0], alone[1])
+
+
 def test_a_layer_past_the_last_is_refused(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match=r"layer=30 is out of range: model smollm2-q4 has n_layers=30"):
         train(make_cfg("model=smollm2-q4", "layer=30"), tmp_path)
