@@ -1,5 +1,5 @@
-"""Forwards of one batch that differ only from block L on run the blocks before L once
-(`LanguageModel.shared_prefix`), and give what running everything gives, to the last bit."""
+"""Forwards of one batch share the blocks before their edits (`LanguageModel.shared_prefix`), and give
+what running everything gives, to the last bit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from tcx.config import build_node
 from tcx.evaluation.fidelity import outputs
 from tcx.evaluation.splice import ablation_hooks
 
-MODELS = {"tiny": ("blocks.1.hook_mlp_out", 1), "minilm": ("blocks.3.hook_mlp_out", 3)}
+# model -> (the block an early and a late edit sit in, calls of blocks in the sequence below)
+MODELS = {"tiny": ((0, 1), {0: 2, 1: 4}), "minilm": ((1, 3), {0: 1, 2: 2, 3: 4, 4: 4})}
 
 
 def load(make_cfg, model):
@@ -25,24 +26,30 @@ def calls_of(module) -> list[int]:
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_runs_sharing_the_early_blocks_equal_runs_of_everything(make_cfg, model):
+def test_runs_sharing_the_clean_blocks_equal_runs_of_everything(make_cfg, model):
+    """Late edit, clean, early edit, late edit, clean: a block runs in a forward that edits it or a
+    block before it, and in the first forward that does not; MiniLM's clean run reads block 5, the
+    tiny causal model's runs through both blocks."""
     lm = load(make_cfg, model)
-    hook, layer = MODELS[model]
+    (early, late), expected = MODELS[model]
     tokens = torch.randint(0, 250, (3, 40), generator=torch.Generator().manual_seed(0))
     mean = torch.randn(lm.spec.d_model, generator=torch.Generator().manual_seed(1))
-    edits = [[], ablation_hooks({hook: None}, slice(1, None)), ablation_hooks({hook: mean}, slice(None))]
+    edits = {"late": ablation_hooks({f"blocks.{late}.hook_mlp_out": None}, slice(1, None)),
+             "clean": [], "early": ablation_hooks({f"blocks.{early}.hook_mlp_out": mean}, slice(None))}
+    order = ["late", "clean", "early", "late", "clean"]
     with torch.inference_mode():
-        alone = [outputs(lm, tokens, e) for e in edits]
-        first, before = calls_of(lm.bridge.blocks[0]), calls_of(lm.bridge.blocks[layer - 1])
-        at = calls_of(lm.bridge.blocks[layer])
-        with lm.shared_prefix(tokens, layer):
-            shared = [outputs(lm, tokens, e) for e in [*edits, *edits]]
-    assert (len(first), len(before), len(at)) == (1, 1, 6)
-    for a, s in zip(alone * 2, shared, strict=True):
-        assert torch.equal(a, s)
-    assert not torch.equal(alone[0], alone[1]) and not torch.equal(alone[1], alone[2])
+        alone = {name: outputs(lm, tokens, e) for name, e in edits.items()}
+        calls = {i: calls_of(lm.bridge.blocks[i]) for i in expected}
+        with lm.shared_prefix(tokens):
+            shared = [outputs(lm, tokens, edits[name]) for name in order]
+    assert {i: len(c) for i, c in calls.items()} == expected
+    for name, s in zip(order, shared, strict=True):
+        assert torch.equal(alone[name], s), name
+    a = alone  # each edit changes the output
+    assert not torch.equal(a["late"], a["clean"]) and not torch.equal(a["early"], a["clean"])
+    assert not torch.equal(a["late"], a["early"])
     with torch.inference_mode():  # the blocks are back: a run after the context runs them all
-        assert torch.equal(outputs(lm, tokens, edits[1]), alone[1]) and len(first) == 2
+        assert torch.equal(outputs(lm, tokens, edits["late"]), alone["late"]) and len(calls[0]) == expected[0] + 1
 
 
 def test_the_sentence_embedding_with_an_ablation_matches_hugging_faces_bert_when_shared(make_cfg):
@@ -58,24 +65,20 @@ def test_the_sentence_embedding_with_an_ablation_matches_hugging_faces_bert_when
     hf.encoder.layer[3].output.dense.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
     with torch.no_grad():
         expected = torch.nn.functional.normalize(hf(input_ids=tokens).last_hidden_state.mean(1), dim=-1)
-    with torch.inference_mode(), lm.shared_prefix(tokens, 3):
+    with torch.inference_mode(), lm.shared_prefix(tokens):
         outputs(lm, tokens, [])
         zeroed = outputs(lm, tokens, ablation_hooks({"blocks.3.hook_mlp_out": None}, slice(None)))
     torch.testing.assert_close(zeroed, expected, atol=1e-5, rtol=0)
 
 
-def test_a_forward_the_prefix_cannot_serve_is_refused(make_cfg):
+def test_a_forward_on_other_tokens_is_refused(make_cfg):
     lm = load(make_cfg, "tiny")
     tokens = torch.randint(0, 250, (2, 16))
-    with torch.inference_mode(), lm.shared_prefix(tokens, 1):
+    with torch.inference_mode(), lm.shared_prefix(tokens):
         outputs(lm, tokens, [])
-        with pytest.raises(RuntimeError, match="before block 1"):
-            outputs(lm, tokens, ablation_hooks({"blocks.0.hook_mlp_out": None}, slice(None)))
-        with pytest.raises(RuntimeError, match="before block 1"):
-            lm.run_to(tokens, ["hook_embed"])
         with pytest.raises(RuntimeError, match="other tokens"):
             outputs(lm, tokens.flip(0), [])
-        with pytest.raises(RuntimeError, match="nest"), lm.shared_prefix(tokens, 1):
+        with pytest.raises(RuntimeError, match="nest"), lm.shared_prefix(tokens):
             pass
     with torch.inference_mode():  # nothing is left behind by the refusals
         assert outputs(lm, tokens.flip(0), []).shape[0] == 2

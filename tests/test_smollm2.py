@@ -88,7 +88,7 @@ def test_next_token_logprobs_with_shared_early_blocks_are_those_of_running_every
         alone = [outputs(lm, tokens, []), outputs(lm, tokens, zero)]
         calls: list[int] = []
         handle = lm.bridge.blocks[14].register_forward_hook(lambda *_: calls.append(1))
-        with lm.shared_prefix(tokens, 15):
+        with lm.shared_prefix(tokens):
             shared = [outputs(lm, tokens, []), outputs(lm, tokens, zero), outputs(lm, tokens, zero)]
         handle.remove()
     assert len(calls) == 1  # block 14 ran in the first of the three runs only

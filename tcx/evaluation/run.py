@@ -20,7 +20,6 @@ from tcx.evaluation.fidelity import compare, loss, outputs
 from tcx.evaluation.plots import density_histogram
 from tcx.evaluation.splice import ablation_hooks, splice_hooks, target_means
 from tcx.io import write_json
-from tcx.models.prefix import hook_layer
 from tcx.runs import Placed, open_runs
 
 
@@ -81,13 +80,11 @@ def measure(lm, placed: list[Placed], heldout: torch.Tensor, valid: slice, batch
     if joint and len(placed) > 1:
         variants["spliced"] = splice_hooks(placed, valid)
     losses: dict[str, list[torch.Tensor]] = {}
-    # every run of a batch edits nothing before this block: the blocks before it run once a batch
-    first = min(hook_layer(h) for p in placed for h in (p.input_hook, p.target_hook))
     with torch.inference_mode():
         for b, start in enumerate(tqdm(range(0, len(heldout), batch_windows), desc="evaluating",
                                        unit="batch", disable=not progress, leave=False)):
             tokens = heldout[start: start + batch_windows]
-            with lm.shared_prefix(tokens, first):
+            with lm.shared_prefix(tokens):  # the blocks before each run's edits run once a batch
                 clean = kept.clean[b].to(lm.device) if kept and kept.clean else outputs(lm, tokens, [])
                 if not kept:
                     if base.clean is not None:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from tcx.digest import tensors_digest
 from tcx.errors import ConfigError
-from tcx.models.prefix import hook_layer, shared_blocks
+from tcx.models.prefix import Clean, hook_layer, shared_blocks
 from tcx.models.spec import ModelSpec
 
 
@@ -29,7 +29,7 @@ class LanguageModel:
         self.spec = spec
         self.tokenizer = tokenizer
         self._digest: tuple[tuple, str] | None = None
-        self._prefix: tuple[Tensor, int] | None = None
+        self._prefix: tuple[Tensor, Clean] | None = None
         if hasattr(tokenizer, "model_max_length"):  # we chunk long documents ourselves: no warning
             tokenizer.model_max_length = 1 << 30
 
@@ -110,7 +110,7 @@ class LanguageModel:
             return act
 
         fwd = [*edits, *((h, functools.partial(save, name=h)) for h in hooks)]
-        self._check_prefix(tokens, [name for name, _ in fwd])
+        self._enter_forward(tokens, [name for name, _ in fwd])
         try:
             with self.bridge.hooks(fwd_hooks=fwd):
                 self.bridge(tokens.to(self.device), return_type=None)
@@ -120,32 +120,30 @@ class LanguageModel:
 
     def run_with_hooks(self, tokens: Int[Tensor, "batch pos"],
                        hooks: Sequence[tuple[str, Callable]], **kwargs: Any) -> Any:
-        self._check_prefix(tokens, [name for name, _ in hooks])
+        self._enter_forward(tokens, [name for name, _ in hooks])
         with self.bridge.hooks(fwd_hooks=list(hooks)):
             return self.bridge(tokens.to(self.device), **kwargs)
 
     @contextlib.contextmanager
-    def shared_prefix(self, tokens: Int[Tensor, "batch pos"], layer: int) -> Iterator[None]:
-        """Forwards of `tokens` inside, each with its own edits from block `layer` on, run blocks
-        `0 .. layer-1` once (see prefix.py): what an evaluation's clean, ablated and spliced runs of
-        one batch share. A forward inside on other tokens, or with a hook before `layer`, is an error."""
+    def shared_prefix(self, tokens: Int[Tensor, "batch pos"]) -> Iterator[None]:
+        """Forwards of `tokens` inside run each block only until a forward that edits nothing up to
+        it has kept its output (see prefix.py): an evaluation's clean, ablated and spliced runs of a
+        batch share the blocks before their edits. A forward inside on other tokens is an error."""
         if self._prefix is not None:
             raise RuntimeError("LanguageModel.shared_prefix does not nest.")
-        with shared_blocks(self.bridge, layer) as shared:
-            self._prefix = (tokens, layer) if shared else None
+        with shared_blocks(self.bridge) as clean:
+            self._prefix = (tokens, clean) if clean is not None else None
             try:
                 yield
             finally:
                 self._prefix = None
 
-    def _check_prefix(self, tokens: Tensor, hooks: Sequence[str]) -> None:
+    def _enter_forward(self, tokens: Tensor, hooks: Sequence[str]) -> None:
+        """Inside `shared_prefix`: the blocks before this forward's first hook are the clean ones."""
         if self._prefix is None:
             return
-        kept, layer = self._prefix
-        early = [h for h in hooks if hook_layer(h) < layer]
-        if early:
-            raise RuntimeError(f"hooks {early} sit before block {layer}, whose earlier blocks this "
-                               "forward replays (LanguageModel.shared_prefix).")
+        kept, clean = self._prefix
         if tokens is not kept and not torch.equal(tokens.cpu(), kept.cpu()):
             raise RuntimeError("LanguageModel.shared_prefix: a forward on other tokens than the "
                                "prefix was run for.")
+        clean.below = min((hook_layer(h) for h in hooks), default=len(self.bridge.blocks))

@@ -1,9 +1,11 @@
-"""Several forwards of the same tokens that differ only from block `layer` on share the blocks before.
+"""Several forwards of the same tokens that edit the model at different blocks share the clean blocks.
 
 An evaluation runs each batch clean, zero- and mean-ablated, and once per dictionary spliced in: the
-blocks before the first edited one compute the same thing every time. Inside `shared_blocks`, the
-first forward runs them and keeps what each returned; later forwards get that back without running
-them. transformer-lens's `start_at_layer` cannot do this: in 4.x it still runs the early blocks.
+blocks before a run's first edited (or read) block compute what the clean run computes. Inside
+`shared_blocks`, a block's output is kept from the first run that leaves it and everything before it
+unedited, and handed back to every later such run without running the block; a run that edits an
+earlier block runs it. transformer-lens's `start_at_layer` cannot do this: in 4.x it still runs the
+early blocks.
 
 The blocks are swapped in the wrapped model's own list of them (Hugging Face's `bert.encoder.layer`,
 `model.layers`, `transformer.h`, ...; found by identity with the bridge's `blocks`), so nothing
@@ -29,16 +31,24 @@ def hook_layer(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-class _Kept(nn.Module):
-    """Stands in for one block: its first call runs the block and keeps its output; later calls
-    return that output."""
+class Clean:
+    """Which blocks the next forward leaves unedited: `0 .. below-1` (set before each forward)."""
 
-    def __init__(self, block: nn.Module):
+    below: int = 0
+
+
+class _Kept(nn.Module):
+    """Stands in for block `index`: in a forward that leaves it unedited it returns the output kept
+    from the first such forward (running the block then); in others it runs the block."""
+
+    def __init__(self, block: nn.Module, index: int, clean: Clean):
         super().__init__()
-        self.block = block
+        self.block, self.index, self.clean = block, index, clean
         self.output = None
 
     def forward(self, *args, **kwargs):
+        if self.index >= self.clean.below:
+            return self.block(*args, **kwargs)
         if self.output is None:
             self.output = self.block(*args, **kwargs)
         return self.output
@@ -58,20 +68,19 @@ def block_list(bridge: nn.Module) -> nn.ModuleList | None:
 
 
 @contextmanager
-def shared_blocks(bridge: nn.Module, layer: int) -> Iterator[bool]:
-    """Blocks `0 .. layer-1` run in the first forward inside and are replayed in the later ones.
-    Yields whether they are (False: no list of blocks found, or `layer` <= 0). The caller keeps the
-    promise that every forward inside has the same input and edits nothing before block `layer`
-    (`LanguageModel.shared_prefix` checks it)."""
-    held = block_list(bridge) if layer > 0 else None
+def shared_blocks(bridge: nn.Module) -> Iterator[Clean | None]:
+    """Each block kept from the first forward inside that leaves it clean. Yields the `Clean` the
+    caller sets before each forward (None: no list of blocks found, nothing is shared). Every forward
+    inside must have the same input (`LanguageModel.shared_prefix` checks it)."""
+    held = block_list(bridge)
     if held is None:
-        yield False
+        yield None
         return
-    originals = [held[i] for i in range(min(layer, len(held)))]
+    clean, originals = Clean(), list(held)
     try:
         for i, block in enumerate(originals):
-            held[i] = _Kept(block)
-        yield True
+            held[i] = _Kept(block, i, clean)
+        yield clean
     finally:
         for i, block in enumerate(originals):
             held[i] = block
