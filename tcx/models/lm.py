@@ -14,7 +14,7 @@ from torch import Tensor
 
 from tcx.digest import tensors_digest
 from tcx.errors import ConfigError
-from tcx.models.prefix import Clean, hook_layer, shared_blocks
+from tcx.models.prefix import Shared, hook_layer, shared_blocks
 from tcx.models.spec import ModelSpec
 
 
@@ -29,7 +29,7 @@ class LanguageModel:
         self.spec = spec
         self.tokenizer = tokenizer
         self._digest: tuple[tuple, str] | None = None
-        self._prefix: tuple[Tensor, Clean] | None = None
+        self._prefix: tuple[Tensor, Shared] | None = None
         if hasattr(tokenizer, "model_max_length"):  # we chunk long documents ourselves: no warning
             tokenizer.model_max_length = 1 << 30
 
@@ -131,8 +131,8 @@ class LanguageModel:
         batch share the blocks before their edits. A forward inside on other tokens is an error."""
         if self._prefix is not None:
             raise RuntimeError("LanguageModel.shared_prefix does not nest.")
-        with shared_blocks(self.bridge) as clean:
-            self._prefix = (tokens, clean) if clean is not None else None
+        with shared_blocks(self.bridge) as shared:
+            self._prefix = (tokens, shared) if shared is not None else None
             try:
                 yield
             finally:
@@ -142,8 +142,8 @@ class LanguageModel:
         """Inside `shared_prefix`: the blocks before this forward's first hook are the clean ones."""
         if self._prefix is None:
             return
-        kept, clean = self._prefix
+        kept, shared = self._prefix
         if tokens is not kept and not torch.equal(tokens.cpu(), kept.cpu()):
             raise RuntimeError("LanguageModel.shared_prefix: a forward on other tokens than the "
                                "prefix was run for.")
-        clean.below = min((hook_layer(h) for h in hooks), default=len(self.bridge.blocks))
+        shared.before(min((hook_layer(h) for h in hooks), default=len(shared.blocks)))

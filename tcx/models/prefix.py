@@ -31,27 +31,37 @@ def hook_layer(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-class Clean:
-    """Which blocks the next forward leaves unedited: `0 .. below-1` (set before each forward)."""
-
-    below: int = 0
-
-
 class _Kept(nn.Module):
-    """Stands in for block `index`: in a forward that leaves it unedited it returns the output kept
-    from the first such forward (running the block then); in others it runs the block."""
+    """Stands in for a block: its first call runs the block and keeps the output; later calls
+    return that output."""
 
-    def __init__(self, block: nn.Module, index: int, clean: Clean):
+    def __init__(self, block: nn.Module):
         super().__init__()
-        self.block, self.index, self.clean = block, index, clean
+        self.block = block
         self.output = None
 
     def forward(self, *args, **kwargs):
-        if self.index >= self.clean.below:
-            return self.block(*args, **kwargs)
         if self.output is None:
             self.output = self.block(*args, **kwargs)
         return self.output
+
+
+class Shared:
+    """The blocks of one `shared_blocks` context: before each forward, `before(b)` puts the stand-ins
+    in place of blocks `0 .. b-1` and the blocks themselves from `b` on. A block a forward edits or
+    reads is always the model's own module, under its own name (transformer-lens 3.9 finds hooks by
+    walking the modules' names when they are added)."""
+
+    def __init__(self, held: nn.ModuleList):
+        self.held, self.blocks = held, list(held)
+        self.kept = [_Kept(block) for block in self.blocks]
+
+    def before(self, below: int) -> None:
+        for i, block in enumerate(self.blocks):
+            self.held[i] = self.kept[i] if i < below else block
+
+    def restore(self) -> None:
+        self.before(0)
 
 
 def block_list(bridge: nn.Module) -> nn.ModuleList | None:
@@ -68,19 +78,16 @@ def block_list(bridge: nn.Module) -> nn.ModuleList | None:
 
 
 @contextmanager
-def shared_blocks(bridge: nn.Module) -> Iterator[Clean | None]:
-    """Each block kept from the first forward inside that leaves it clean. Yields the `Clean` the
-    caller sets before each forward (None: no list of blocks found, nothing is shared). Every forward
-    inside must have the same input (`LanguageModel.shared_prefix` checks it)."""
+def shared_blocks(bridge: nn.Module) -> Iterator[Shared | None]:
+    """Yields the `Shared` whose `before` the caller calls before each forward inside (None: no list
+    of blocks found, nothing is shared). Every forward inside must have the same input
+    (`LanguageModel.shared_prefix` checks it)."""
     held = block_list(bridge)
     if held is None:
         yield None
         return
-    clean, originals = Clean(), list(held)
+    shared = Shared(held)
     try:
-        for i, block in enumerate(originals):
-            held[i] = _Kept(block, i, clean)
-        yield clean
+        yield shared
     finally:
-        for i, block in enumerate(originals):
-            held[i] = block
+        shared.restore()
