@@ -93,10 +93,10 @@ def test_an_evaluation_runs_the_blocks_before_its_dictionary_once_a_batch(make_c
 
     run = place(make_cfg(f"cache_dir={tmp_path / 'cache'}"), tmp_path / "a", copy_mlp, d_sae=256)
     block0, runs = [], []
-    load = NativeModelSpec.load
+    native_load = NativeModelSpec.load
 
     def counted_load(self, *args, **kwargs):
-        lm = load(self, *args, **kwargs)
+        lm = native_load(self, *args, **kwargs)
         lm.bridge.blocks[0].register_forward_hook(lambda *_: block0.append(1))
         return lm
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from tcx.digest import tensors_digest
 from tcx.errors import ConfigError
-from tcx.models.prefix import Shared, hook_layer, shared_blocks
+from tcx.models.prefix import Shared, shared_blocks
 from tcx.models.spec import ModelSpec
 
 
@@ -146,4 +146,4 @@ class LanguageModel:
         if tokens is not kept and not torch.equal(tokens.cpu(), kept.cpu()):
             raise RuntimeError("LanguageModel.shared_prefix: a forward on other tokens than the "
                                "prefix was run for.")
-        shared.before(min((hook_layer(h) for h in hooks), default=len(shared.blocks)))
+        shared.before(hooks)

@@ -15,20 +15,12 @@ everything.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from torch import nn
 
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-
-def hook_layer(name: str) -> int:
-    """The block a hookpoint sits in (`blocks.3.mlp.hook_in` -> 3); -1 for one outside the blocks
-    (the embedding), before all of them."""
-    m = _BLOCK.match(name)
-    return int(m.group(1)) if m else -1
+from tcx.models.spec import layer_of
 
 
 class _Kept(nn.Module):
@@ -47,21 +39,26 @@ class _Kept(nn.Module):
 
 
 class Shared:
-    """The blocks of one `shared_blocks` context: before each forward, `before(b)` puts the stand-ins
-    in place of blocks `0 .. b-1` and the blocks themselves from `b` on. A block a forward edits or
-    reads is always the model's own module, under its own name (transformer-lens 3.9 finds hooks by
-    walking the modules' names when they are added)."""
+    """The blocks of one `shared_blocks` context: before each forward, `before(its hooks)` puts the
+    stand-ins in place of the blocks before its first hook and the blocks themselves from there on.
+    A block a forward edits or reads is always the model's own module, under its own name
+    (transformer-lens 3.9 finds hooks by walking the modules' names when they are added)."""
 
     def __init__(self, held: nn.ModuleList):
         self.held, self.blocks = held, list(held)
         self.kept = [_Kept(block) for block in self.blocks]
 
-    def before(self, below: int) -> None:
+    def before(self, hooks: Sequence[str]) -> None:
+        """Set up a forward with these hooks: stand-ins before the first block any of them sits in
+        (every block for a forward with no hooks, none where one sits before the blocks)."""
+        layers = (-1 if (layer := layer_of(h)) is None else layer for h in hooks)
+        below = min(layers, default=len(self.blocks))
         for i, block in enumerate(self.blocks):
             self.held[i] = self.kept[i] if i < below else block
 
     def restore(self) -> None:
-        self.before(0)
+        for i, block in enumerate(self.blocks):
+            self.held[i] = block
 
 
 def block_list(bridge: nn.Module) -> nn.ModuleList | None:

@@ -10,6 +10,7 @@ branch in the code. Each kind of model is one module holding its spec subclass a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,13 @@ from tcx.errors import ConfigError
 
 if TYPE_CHECKING:
     from tcx.models.lm import LanguageModel
+
+
+def layer_of(hook: str) -> int | None:
+    """The block index in a transformer-lens hook name (`blocks.8.ln2.hook_normalized` -> 8); None
+    for a hook outside the blocks (the embedding, the final norm)."""
+    m = re.match(r"blocks\.(\d+)\.", hook)
+    return int(m[1]) if m else None
 
 
 @dataclass(kw_only=True)

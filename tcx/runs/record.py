@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,12 +62,6 @@ class OpenedDictionary:
     @property
     def placed(self) -> Placed:
         return Placed(self.dictionary.eval(), self.input_hook, self.target_hook)
-
-
-def layer_of(hook: str) -> int | None:
-    """The block index in a transformer-lens hook name (`blocks.8.ln2.hook_normalized` -> 8)."""
-    m = re.match(r"blocks\.(\d+)\.", hook)
-    return int(m[1]) if m else None
 
 
 def site_of(hook: str, model_config: dict[str, Any] | None, layer: int | None) -> str:

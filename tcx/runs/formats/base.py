@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from tcx.dictionaries.base import Activation, Dictionary
 from tcx.dictionaries.io import Units, describe, set_units
 from tcx.errors import CheckpointError, ConfigError
-from tcx.runs.record import OpenedDictionary, layer_of, site_of
+from tcx.models.spec import layer_of
+from tcx.runs.record import OpenedDictionary, site_of
 
 if TYPE_CHECKING:
     from tcx.runs.open import OpenedRuns
