@@ -52,6 +52,9 @@ TRAINERS = {
     "tcx-batchtopk": ("tcx BatchTopK transcoder, sparse step", "tcx", "topk"),
     "tcx-relu-fused": ("tcx ReLU, sparse step, fused Adam (tcx-train's optimiser)", "tcx", "relu"),
     "tcx-topk-fused": ("tcx TopK transcoder, sparse step, fused Adam (tcx-train's optimiser)", "tcx", "topk"),
+    "tcx-relu-compiled": ("tcx ReLU, dense step compiled (trainer.compile=reduce-overhead), fused Adam", "tcx", "relu"),
+    "tcx-topk-compiled": ("tcx TopK transcoder, dense step compiled (trainer.compile=reduce-overhead), fused Adam",
+                          "tcx", "topk"),
 }
 BASELINE = {"relu": "saelens-relu", "topk": "sparsify-topk"}
 
@@ -96,9 +99,10 @@ def make_dense(p, args, device, dtype):
     return step, False
 
 
-def make_tcx(kind: str, dense: bool, fused: bool = False):
+def make_tcx(kind: str, dense: bool, fused: bool = False, compiled: bool = False):
     """tcx's step; `fused` with the fused Adam that conf/train.yaml gives tcx-train (every other row,
-    the peers' included, runs torch's default Adam)."""
+    the peers' included, runs torch's default Adam); `compiled` as `trainer.compile=reduce-overhead`
+    (the dense step, captured as CUDA graphs on a GPU; compiled without them on a CPU)."""
     def make(p, args, device, dtype):
         os.environ["TCX_SPARSE"] = "0" if dense else "1"
         from tcx.dictionaries.batchtopk import BatchTopKConfig
@@ -114,6 +118,9 @@ def make_tcx(kind: str, dense: bool, fused: bool = False):
                 getattr(d, name).copy_(p[name] if name != "b_enc" or kind == "relu" else 0 * p[name])
         d.to(device, dtype).train()
         opt = torch.optim.Adam(d.parameters(), lr=args.lr, fused=fused or None)  # (None: torch's default)
+        if compiled:
+            from tcx.training.compiled import compile_step
+            compile_step(d, "reduce-overhead")
 
         def step(x, y):
             target = x if kind == "relu" else y
@@ -181,7 +188,9 @@ MAKERS = {"dense": make_dense, "saelens-relu": make_saelens, "sparsify-topk": ma
           "tcx-relu": make_tcx("relu", False), "tcx-relu-dense": make_tcx("relu", True),
           "tcx-topk": make_tcx("topk", False), "tcx-topk-dense": make_tcx("topk", True),
           "tcx-batchtopk": make_tcx("batchtopk", False),
-          "tcx-relu-fused": make_tcx("relu", False, fused=True), "tcx-topk-fused": make_tcx("topk", False, fused=True)}
+          "tcx-relu-fused": make_tcx("relu", False, fused=True), "tcx-topk-fused": make_tcx("topk", False, fused=True),
+          "tcx-relu-compiled": make_tcx("relu", True, fused=True, compiled=True),
+          "tcx-topk-compiled": make_tcx("topk", True, fused=True, compiled=True)}
 
 
 def worker(args) -> None:

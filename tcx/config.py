@@ -36,6 +36,9 @@ PROFILERS = (None, "simple", "advanced", "pytorch")
 """`trainer.profiler`'s values: Lightning's (its `xla` is for TPUs)."""
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TrainerConfig:
     """How long and how fast to train; everything about the optimisation loop except the lr."""
@@ -74,6 +77,12 @@ class TrainerConfig:
     precision: str = "32-true"
     model_dtype: str = "float32"
     """dtype of the language model's forward pass (bfloat16 on a GPU halves its cost)."""
+    compile: str | None = None
+    """Compile each dictionary's training step whole (`torch.compile`, fullgraph) in this mode:
+    `default` (fused kernels), `reduce-overhead` (on a GPU also captured as CUDA graphs: one launch
+    where an eager step makes dozens), `max-autotune`; null: eager. The compiled step is the dense
+    one, which reads nothing back to the host. On a CPU the sparse step, which compiling rules out,
+    is the faster one (README, "Speed")."""
     progress_bar: bool = True
     activation_cache: bool = False
     """Read the model's activations from `<cache_dir>/activations/` (written by `tcx-cache`, or by
@@ -89,6 +98,9 @@ class TrainerConfig:
                      "dead_window_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"trainer.{name} must be positive, got {getattr(self, name)}.")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise ConfigError(f"trainer.compile must be null or one of {', '.join(COMPILE_MODES)} "
+                              f"(torch.compile's modes), got {self.compile!r}.")
         if self.eval_tokens < 0 or self.eval_every_n_tokens < 0:
             raise ConfigError("trainer.eval_tokens and trainer.eval_every_n_tokens must be >= 0.")
         if self.max_tokens < self.batch_size:

@@ -60,9 +60,9 @@ class BatchTopKDictionary(TopKDictionary):
 
     @torch.no_grad()
     def track_threshold(self, values: Float[Tensor, " kept"]) -> None:
-        """Move the inference threshold towards the smallest positive activation kept."""
-        kept = values[values > 0]
-        if len(kept):
-            smallest, m = kept.min(), self.cfg.threshold_momentum
-            first = self.threshold < 0
-            self.threshold.copy_(smallest if first else m * self.threshold + (1 - m) * smallest)
+        """Move the inference threshold towards the smallest positive activation kept (none kept:
+        unchanged). On the device, reading nothing back: a step that waits for nothing."""
+        positive = values > 0
+        smallest, m = values.masked_fill(~positive, float("inf")).min(), self.cfg.threshold_momentum
+        moved = torch.where(self.threshold < 0, smallest, m * self.threshold + (1 - m) * smallest)
+        self.threshold.copy_(torch.where(positive.any(), moved, self.threshold))

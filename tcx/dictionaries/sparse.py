@@ -49,10 +49,13 @@ Kept where they were: they govern only the first steps of an L1 run."""
 
 
 def sparse_enabled(device: torch.device) -> bool:
-    """Whether training steps use sparse codes. `TCX_SPARSE=1` or `0` forces it; by default
-    (`auto`) on CPU only: on a GPU a sparse step is bound by the host's launches and syncs, not by
-    arithmetic. On an H200 at 4096 x 6144, with the Triton kernels, the sparse ReLU step was 0.61x the
-    dense one at 0.5% firing in float32, 0.45x in bf16-mixed (README, "Speed")."""
+    """Whether training steps use sparse codes. `TCX_SPARSE=1` or `0` forces it (a compiled step is
+    always dense); by default (`auto`) on CPU only: on a GPU a sparse step is bound by the host's
+    launches and syncs, not by arithmetic. On an H200 at 4096 x 6144, with the Triton kernels, the
+    sparse ReLU step was 0.61x the dense one at 0.5% firing in float32, 0.45x in bf16-mixed (README,
+    "Speed")."""
+    if torch.compiler.is_compiling():  # (`trainer.compile`: a sparse step's shapes depend on the data)
+        return False
     flag = os.environ.get("TCX_SPARSE", "auto")
     return device.type == "cpu" if flag == "auto" else flag != "0"
 

@@ -70,8 +70,12 @@ class TopKDictionary(Dictionary):
 
     def aux_loss(self, x: Tensor, pre: Tensor, residual: Tensor, dead: Bool[Tensor, " d_sae"]) -> Tensor:
         """How well the top `aux_k` dead latents explain what the live ones missed (normalised)."""
+        if self.cfg.aux_coeff == 0 or self.cfg.aux_k == 0:
+            return pre.new_zeros(())
+        if torch.compiler.is_compiling():  # a captured step cannot read the count back
+            return self.aux_loss_unsynced(pre, residual, dead)
         n_dead = int(dead.sum())
-        if n_dead == 0 or self.cfg.aux_coeff == 0 or self.cfg.aux_k == 0:
+        if n_dead == 0:
             return pre.new_zeros(())
         k = min(self.cfg.aux_k, n_dead)
         if sparse_enabled(x.device):  # a dictionary of the dead latents alone
@@ -80,7 +84,16 @@ class TopKDictionary(Dictionary):
             explained = decode(z, self.W_dec[cols], torch.zeros_like(self.b_dec))
         else:
             explained = topk_rows(pre.masked_fill(~dead, 0.0), k) @ self.W_dec
-        return squared_error(explained, residual) / residual.pow(2).sum(-1).mean().clamp_min(1e-8)
+        return normalised_error(explained, residual)
+
+    def aux_loss_unsynced(self, pre: Tensor, residual: Tensor, dead: Bool[Tensor, " d_sae"]) -> Tensor:
+        """`aux_loss` of dense codes without reading the number of dead latents back: always the top
+        `aux_k`. Where fewer are dead, the extra picks are live latents (masked to 0) or dead ones
+        below 0, which ReLU zeroes: the same codes, loss and gradients, at the cost of the whole
+        top-k while none are dead (then the loss is 0, as the synced form's)."""
+        k = min(self.cfg.aux_k, self.d_sae)
+        explained = topk_rows(pre.masked_fill(~dead, 0.0), k) @ self.W_dec
+        return torch.where(dead.any(), normalised_error(explained, residual), 0.0)
 
     def train_codes(self, x: Float[Tensor, "batch d_in"]) -> tuple[Codes, Float[Tensor, "batch d_sae"]]:
         if sparse_enabled(x.device):
@@ -107,3 +120,9 @@ class TopKDictionary(Dictionary):
     def rule(self) -> Rule:
         """`select` for sparse training steps."""
         return top_k(self.cfg.k)
+
+
+def normalised_error(explained: Float[Tensor, "batch d_out"], residual: Float[Tensor, "batch d_out"]
+                     ) -> Float[Tensor, ""]:
+    """AuxK's loss: the squared error of `explained` against the residual, over the residual's."""
+    return squared_error(explained, residual) / residual.pow(2).sum(-1).mean().clamp_min(1e-8)

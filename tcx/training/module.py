@@ -15,12 +15,13 @@ from torch import Tensor, nn
 
 from tcx.dictionaries.base import Dictionary, StepOutput
 from tcx.errors import NonFiniteLossError
+from tcx.training.compiled import compile_step
 from tcx.training.schedule import Schedule
 
 
 class DictionaryBank(L.LightningModule):
     def __init__(self, members: Mapping[str, Dictionary], reads: Mapping[str, tuple[str, str]],
-                 optimizer: Callable, lr: float, schedule: Schedule):
+                 optimizer: Callable, lr: float, schedule: Schedule, compile: str | None = None):
         super().__init__()
         self.members = nn.ModuleDict(dict(members))
         self.reads = dict(reads)
@@ -30,6 +31,15 @@ class DictionaryBank(L.LightningModule):
         """Members of a bank whose loss went non-finite: they stop training, the others go on."""
         self.step_outputs: dict[str, StepOutput] = {}
         """This step's output of every active member, detached: what the callbacks read."""
+        self.compile_mode = compile
+        """`trainer.compile`: each member's step compiled whole in this mode (see `compile_step`)."""
+        self.register_buffer("scale", torch.zeros(()), persistent=False)
+        """A compiled step's sparsity scale, on the device: as a float it would be a host input."""
+
+    def on_fit_start(self) -> None:
+        if self.compile_mode is not None:
+            for member in self.members.values():
+                compile_step(member, self.compile_mode)
 
     def on_train_start(self) -> None:
         if self.global_step == 0:  # a resumed run keeps its trained b_dec
@@ -40,6 +50,8 @@ class DictionaryBank(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         scale = self.schedule.sparsity_scale(self.global_step)
+        if self.compile_mode is not None:
+            scale = self.scale.fill_(scale)
         outs: dict[str, StepOutput] = {
             name: m(*(batch[hook] for hook in self.reads[name]), sparsity_scale=scale)
             for name, m in self.members.items() if name not in self.retired

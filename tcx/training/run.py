@@ -189,7 +189,8 @@ def fit(cfg: DictConfig, run_dir: Path, plan: RunPlan, checkpoint: Path | None) 
                         tcfg.sparsity_warmup_fraction)
     bank = DictionaryBank(
         {m.key: m.cfg.build(dims[m.input_hook], dims[m.target_hook], seed=cfg.seed) for m in members},
-        {m.key: (m.input_hook, m.target_hook) for m in members}, instantiate(cfg.optimizer), cfg.lr, schedule)
+        {m.key: (m.input_hook, m.target_hook) for m in members}, instantiate(cfg.optimizer), cfg.lr, schedule,
+        compile=tcfg.compile)
     data = ActivationData(lm, windows, hooks, tcfg, cfg.seed, cfg.cache_dir)
 
     meta = {"model": plan.spec.name, "seed": cfg.seed}
