@@ -1,19 +1,26 @@
-"""`trainer.compile`: every kind's dense step is one graph, so it reads nothing back to the host (what
-CUDA graphs need); AuxK and BatchTopK's threshold without a read-back equal the forms with one; a
-compiled bank trains what the eager dense step trains, compiling each member once."""
+"""`trainer.compile` and host reads: every kind's dense step is one graph, so it reads nothing back to
+the host (what CUDA graphs need); AuxK and BatchTopK's threshold without a read-back equal the forms
+with one; a bank's step reads the device once, whatever its size; a compiled bank trains what the
+eager dense step trains, compiling each member once."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch._dynamo.utils import counters
+from torch.overrides import TorchFunctionMode
 
 from tcx.config import build_node
 from tcx.errors import ConfigError
+from tcx.training.callbacks import DeadFeatures
+from tcx.training.callbacks.reports import MemberLogs
+from tcx.training.module import DictionaryBank
 from tcx.training.run import train
+from tcx.training.schedule import Schedule
 
 KINDS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "dictionary").glob("*.yaml"))
 GEN = torch.Generator().manual_seed(0)
@@ -59,6 +66,41 @@ def test_batchtopk_threshold_moves_as_before(make_cfg):
     assert d.threshold == 0.25
     d.track_threshold(torch.tensor([3.0, 1.0]))
     assert torch.allclose(d.threshold, torch.tensor(0.9 * 0.25 + 0.1 * 1.0))
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that wait for a GPU: a tensor's value read back to the host."""
+
+    READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero")
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in self.READS:
+            self.reads.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_banks_dense_step_reads_the_device_once(make_cfg, monkeypatch):
+    """The finiteness check and every member's logged row come back together (they were a read for
+    the check and one per member for the rows)."""
+    monkeypatch.setenv("TCX_SPARSE", "0")
+    members = {kind: build(make_cfg, kind) for kind in ("transcoder", "sae", "gated", "jumprelu")}
+    bank = DictionaryBank(members, {k: ("x", "x" if k == "sae" else "y") for k in members},
+                          torch.optim.Adam, 1e-3, Schedule(100, 1, 0.2, 0.05))
+    batch = {"x": torch.randn(64, 16, generator=GEN), "y": torch.randn(64, 16, generator=GEN)}
+    logs = MemberLogs([SimpleNamespace(key=k) for k in members], DeadFeatures(1000), 64, 10, 4)
+    with HostReads() as counted:
+        loss = bank.training_step(batch, 0)
+        logs.on_train_batch_end(SimpleNamespace(global_step=1, max_steps=100), bank, loss, batch, 0)
+    assert counted.reads == ["tolist"]
+    assert all(len(logs.recent[k]) == 1 for k in members)
+    assert set(bank.step_rows) == set(members) and loss.isfinite()
+    for kind, row in bank.step_rows.items():
+        target = batch[bank.reads[kind][1]]
+        assert row["mse"] == pytest.approx(float((bank.step_outputs[kind].y - target).pow(2).sum(-1).mean()), rel=1e-6)
 
 
 def test_a_compiled_bank_trains_what_the_eager_dense_step_trains(make_cfg, tmp_path, monkeypatch):

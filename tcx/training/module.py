@@ -7,6 +7,7 @@ dictionary trained alone with the same seed. Sweeps pack points into one job thi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 import lightning as L
@@ -15,8 +16,19 @@ from torch import Tensor, nn
 
 from tcx.dictionaries.base import Dictionary, StepOutput
 from tcx.errors import NonFiniteLossError
+from tcx.evaluation import metrics
 from tcx.training.compiled import compile_step
 from tcx.training.schedule import Schedule
+
+ROW = ("loss", "mse", "sparsity", "aux", "l0", "fvu")
+"""What each member reports each step (its training window; its logger every log_every steps)."""
+
+
+def step_row(out: StepOutput, target: Tensor) -> Tensor:
+    """`ROW` of one member's step, as one float32 tensor."""
+    aux = out.loss.new_zeros(()) if out.aux is None else out.aux
+    values = (out.loss, metrics.mse(out.y, target), out.sparsity, aux, metrics.l0(out.z), metrics.fvu(out.y, target))
+    return torch.stack([v.float() for v in values])
 
 
 class DictionaryBank(L.LightningModule):
@@ -31,6 +43,9 @@ class DictionaryBank(L.LightningModule):
         """Members of a bank whose loss went non-finite: they stop training, the others go on."""
         self.step_outputs: dict[str, StepOutput] = {}
         """This step's output of every active member, detached: what the callbacks read."""
+        self.step_rows: dict[str, dict[str, float]] = {}
+        """This step's `ROW` of every active member, read back to the host in one go with the check
+        that each loss is finite: one wait for the device a step, whatever the bank's size."""
         self.compile_mode = compile
         """`trainer.compile`: each member's step compiled whole in this mode (see `compile_step`)."""
         self.register_buffer("scale", torch.zeros(()), persistent=False)
@@ -56,18 +71,20 @@ class DictionaryBank(L.LightningModule):
             name: m(*(batch[hook] for hook in self.reads[name]), sparsity_scale=scale)
             for name, m in self.members.items() if name not in self.retired
         }
-        loss = torch.stack([o.loss for o in outs.values()]).sum()
-        if not torch.isfinite(loss):
-            bad = [n for n, o in outs.items() if not torch.isfinite(o.loss)]
-            message = (f"step {self.global_step}: the loss of {', '.join(bad)} is {loss.item()}. "
+        self.step_outputs = {n: StepOutput(*(t if t is None else t.detach() for t in o)) for n, o in outs.items()}
+        rows = torch.stack([step_row(o, batch[self.reads[n][1]]) for n, o in self.step_outputs.items()])
+        self.step_rows = {n: dict(zip(ROW, r, strict=True)) for n, r in zip(outs, rows.tolist(), strict=True)}
+        bad = [n for n, row in self.step_rows.items() if not math.isfinite(row["loss"])]
+        if bad:
+            losses = ", ".join(str(self.step_rows[n]["loss"]) for n in bad)
+            message = (f"step {self.global_step}: the loss of {', '.join(bad)} is {losses}. "
                        "Lower lr, raise trainer.lr_warmup_steps, or check the activations for inf.")
             if len(bad) == len(outs):
                 raise NonFiniteLossError(f"{message} Training stopped; the last good checkpoint is kept.")
             self.retired.update({n: message for n in bad})
-            outs = {n: o for n, o in outs.items() if n not in bad}
-            loss = torch.stack([o.loss for o in outs.values()]).sum()
-        self.step_outputs = {n: StepOutput(*(t if t is None else t.detach() for t in o)) for n, o in outs.items()}
-        return loss
+            for n in bad:
+                del outs[n], self.step_outputs[n], self.step_rows[n]
+        return torch.stack([o.loss for o in outs.values()]).sum()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["retired"] = dict(self.retired)

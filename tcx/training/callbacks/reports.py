@@ -7,12 +7,8 @@ from collections import deque
 from typing import Any
 
 import lightning as L
-import torch
-from torch import Tensor
 
 from tcx import metrics_file
-from tcx.dictionaries.base import StepOutput
-from tcx.evaluation import metrics
 from tcx.evaluation.plots import density_histogram
 from tcx.io import write_json
 from tcx.training.callbacks.dead import DeadFeatures
@@ -20,9 +16,6 @@ from tcx.training.callbacks.evaluation import HeldOutEvaluation
 from tcx.training.callbacks.throughput import Throughput
 from tcx.training.members import Member
 from tcx.training.outputs import write_member_outputs
-
-ROW = ("loss", "mse", "sparsity", "aux", "l0", "fvu")
-"""What a member reports each step (its training window; its logger every log_every steps)."""
 
 
 class MemberLogs(L.Callback):
@@ -46,8 +39,9 @@ class MemberLogs(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        rows = {key: self.record(key, out, batch[pl_module.reads[key][1]])
-                for key, out in pl_module.step_outputs.items()}
+        rows = pl_module.step_rows
+        for key, row in rows.items():
+            self.recent[key].append(row)
         if not rows or not (step % self.log_every == 0 or step == trainer.max_steps):
             return
         self.show(pl_module, rows)
@@ -57,15 +51,6 @@ class MemberLogs(L.Callback):
                                        "tokens": step * self.batch_size,
                                        "lr": trainer.optimizers[0].param_groups[0]["lr"],
                                        "sparsity_scale": pl_module.schedule.sparsity_scale(step - 1)}, step)
-
-    def record(self, key: str, out: StepOutput, target: Tensor) -> dict[str, float]:
-        """This step's row, into the member's window; read back at once (one device sync, not six)."""
-        aux = out.loss.new_zeros(()) if out.aux is None else out.aux
-        values = (out.loss, metrics.mse(out.y, target), out.sparsity, aux, metrics.l0(out.z),
-                  metrics.fvu(out.y, target))
-        row = dict(zip(ROW, torch.stack([v.float() for v in values]).tolist(), strict=True))
-        self.recent[key].append(row)
-        return row
 
     def show(self, pl_module, rows: dict[str, dict[str, float]]) -> None:
         """The progress bar's loss (all members') and L0s, every log_every steps: a Lightning log call
