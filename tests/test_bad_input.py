@@ -31,6 +31,7 @@ def test_layer_out_of_range_names_n_layers(make_cfg, tmp_path):
     ("dictionary.l1_coeff=abc", "dictionary.l1_coeff"),
     ("dictionary.expansion_factor=-2", "dictionary.expansion_factor"),
     ("dictionary.d_sae=0", "dictionary.d_sae"),
+    ("+dictionary.encoder_init_norm=0", "dictionary.encoder_init_norm"),
     ("+dictionary.l1_coef=0.1", "dictionary.l1_coef"),
 ])
 def test_bad_dictionary_values_name_the_key(make_cfg, tmp_path, override, key):

@@ -51,10 +51,16 @@ class DictionaryConfig:
     """Scale input and target by fixed factors (set from the data at step 0) so that their mean
     squared norm equals their width: sparsity coefficients then carry over between models and
     layers. The dictionary's outputs are always in the model's units."""
+    encoder_init_norm: float = 0.1
+    """Norm of each encoder column at initialisation (in normalised units; the encoder starts along
+    the decoder's transpose). 0.1 learns fastest; the TopK family keeps more latents alive at 1,
+    Gao et al.'s encoder, the transpose of their unit decoder (README, "Dictionary kinds")."""
 
     def __post_init__(self) -> None:
         if self.expansion_factor <= 0:
             raise ConfigError(f"expansion_factor must be positive, got {self.expansion_factor}.")
+        if not self.encoder_init_norm > 0:
+            raise ConfigError(f"encoder_init_norm must be positive, got {self.encoder_init_norm}.")
         if self.d_sae is not None and self.d_sae <= 0:
             raise ConfigError(f"d_sae must be a positive integer, got {self.d_sae}.")
 
@@ -91,11 +97,12 @@ class Dictionary(nn.Module):
         self.d_sae = cfg.width(d_in)
         gen = torch.Generator().manual_seed(seed)
         # Decoder rows: random directions of norm 0.1; encoder starts as the decoder's transpose
-        # where shapes allow (Anthropic, "Circuits Updates", April 2024), else the same scale.
-        W_dec = torch.randn(self.d_sae, d_out, generator=gen)
-        W_dec = 0.1 * W_dec / W_dec.norm(dim=1, keepdim=True)
-        W_enc = W_dec.T.clone() if d_in == d_out else 0.1 * torch.randn(
-            d_in, self.d_sae, generator=gen) / d_in**0.5
+        # where shapes allow (Anthropic, "Circuits Updates", April 2024), else random, with its
+        # columns at `encoder_init_norm`.
+        raw = torch.randn(self.d_sae, d_out, generator=gen)
+        W_dec = 0.1 * raw / raw.norm(dim=1, keepdim=True)
+        W_enc = (cfg.encoder_init_norm * raw / raw.norm(dim=1, keepdim=True)).T if d_in == d_out else (
+            cfg.encoder_init_norm * torch.randn(d_in, self.d_sae, generator=gen) / d_in**0.5)
         self.W_enc = nn.Parameter(W_enc.contiguous())  # [d_in, d_sae]
         self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
         self.W_dec = nn.Parameter(W_dec)  # [d_sae, d_out]
