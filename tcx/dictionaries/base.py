@@ -100,8 +100,9 @@ class Dictionary(nn.Module):
         # where shapes allow (Anthropic, "Circuits Updates", April 2024), else random, with its
         # columns at `encoder_init_norm`.
         raw = torch.randn(self.d_sae, d_out, generator=gen)
-        W_dec = 0.1 * raw / raw.norm(dim=1, keepdim=True)
-        W_enc = (cfg.encoder_init_norm * raw / raw.norm(dim=1, keepdim=True)).T if d_in == d_out else (
+        norms = raw.norm(dim=1, keepdim=True)
+        W_dec = 0.1 * raw / norms
+        W_enc = (cfg.encoder_init_norm * raw / norms).T if d_in == d_out else (
             cfg.encoder_init_norm * torch.randn(d_in, self.d_sae, generator=gen) / d_in**0.5)
         self.W_enc = nn.Parameter(W_enc.contiguous())  # [d_in, d_sae]
         self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
