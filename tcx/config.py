@@ -60,6 +60,9 @@ class TrainerConfig:
     """A feature that has not fired in this many tokens counts as dead."""
     auxk: bool = True
     """AuxK loss for the TopK family's dead latents."""
+    auxk_window_tokens: int = 65_536
+    """AuxK's dead latents: those that have not fired in this many tokens. Shorter than the reported
+    dead window: latents lost early in training are caught while the run can still use them."""
     resample_every_n_tokens: int = 0
     """Restart the dead features of penalty kinds (ReLU, gated, JumpReLU) this often (0: never)."""
     checkpoint_every_n_steps: int = 200
@@ -95,7 +98,7 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         for name in ("max_tokens", "batch_size", "buffer_tokens", "model_batch_size",
                      "checkpoint_every_n_steps", "log_every_n_steps", "metrics_window_steps",
-                     "dead_window_tokens"):
+                     "dead_window_tokens", "auxk_window_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"trainer.{name} must be positive, got {getattr(self, name)}.")
         if self.compile is not None and self.compile not in COMPILE_MODES:

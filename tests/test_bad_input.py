@@ -156,6 +156,20 @@ def test_resume_across_how_the_optimiser_computes_is_allowed(make_cfg, tmp_path)
         check_resume_config(tmp_path, make_cfg("optimizer.betas=[0.9,0.99]"))
 
 
+def test_a_key_left_out_counts_as_its_default_on_resume(make_cfg, tmp_path):
+    """A run dir saved before a key was in its kind's YAML (or with a key the YAML leaves to the
+    dataclass) resumes where the value is the dataclass's default, and is refused where it is not."""
+    from omegaconf import OmegaConf
+
+    from tcx.training.run import check_resume_config
+    OmegaConf.save(make_cfg("dictionary=topk", "~dictionary.aux_straight_through"), tmp_path / "config.yaml")
+    check_resume_config(tmp_path, make_cfg("dictionary=topk", "+dictionary.normalize=true"))
+    with pytest.raises(ConfigError, match=r"`dictionary\.aux_straight_through` \(True, now False\)"):
+        check_resume_config(tmp_path, make_cfg("dictionary=topk", "dictionary.aux_straight_through=false"))
+    with pytest.raises(ConfigError, match=r"`dictionary\.normalize` \(True, now False\)"):
+        check_resume_config(tmp_path, make_cfg("dictionary=topk", "+dictionary.normalize=false"))
+
+
 def test_a_run_dir_written_before_the_model_modules_split_still_resumes(make_cfg, tmp_path):
     train(make_cfg("trainer.max_tokens=8192"), tmp_path)
     saved = tmp_path / "config.yaml"

@@ -15,7 +15,7 @@ import torch
 from tcx.config import build_node
 from tcx.dictionaries.io import load_dictionary, save_dictionary
 from tcx.dictionaries.sparse import as_dense
-from tcx.training.callbacks import DeadFeatures, Resample
+from tcx.training.callbacks import AuxK, DeadFeatures, Resample
 from tcx.training.run import train
 from tests.conftest import ONCE_IN_CI
 from tests.test_configs import options
@@ -123,6 +123,50 @@ def test_auxk_trains_dead_latents_on_the_residual(make_cfg):
     torch.testing.assert_close(out.loss, out.mse + d.cfg.aux_coeff * out.aux)
     out.loss.backward()
     assert d.W_enc.grad[:, :10].abs().sum() > 0
+
+
+@pytest.mark.parametrize("straight_through", [True, False])
+@pytest.mark.parametrize("sparse", ["0", "1"])
+def test_auxk_reaches_dead_latents_below_zero_everywhere(make_cfg, monkeypatch, sparse, straight_through):
+    """Dead latents negative on every row explain nothing (aux = 1), but each still gets the
+    gradient a linear code would: with every dead latent picked in every row (aux_k >= their number)
+    and explained = 0, d aux / d b_enc[j] = -2 (sum_rows r) . W_dec[j] / sum_rows |r|^2. Gao et al.'s
+    ReLU'd AuxK (`aux_straight_through=false`) gives them none."""
+    monkeypatch.setenv("TCX_SPARSE", sparse)
+    d = kind(make_cfg, "topk", "dictionary.k=2", "dictionary.aux_k=8", "dictionary.d_sae=32",
+             f"dictionary.aux_straight_through={straight_through}")
+    dead = torch.zeros(32, dtype=torch.bool)
+    dead[[3, 9, 20, 31]] = True
+    with torch.no_grad():
+        d.b_enc[dead] = -100.0
+    x, target = torch.randn(64, 16, generator=GEN), torch.randn(64, 16, generator=GEN)
+    d.dead.copy_(dead)
+    out = d(x, target)
+    assert out.aux.item() == pytest.approx(1.0)
+    d.zero_grad()
+    out.aux.backward()
+    residual = (target - out.y).detach() * d.target_scale
+    expected = -2 * residual.sum(0) @ d.W_dec[dead].T / residual.pow(2).sum()
+    torch.testing.assert_close(d.b_enc.grad[dead], expected.detach() if straight_through else torch.zeros(4))
+    assert d.b_enc.grad[~dead].abs().sum() == 0 and d.W_enc.grad[:, ~dead].abs().sum() == 0
+
+
+def test_auxk_marks_the_latents_silent_for_its_own_window(make_cfg):
+    """AuxK's dead latents are those silent for `trainer.auxk_window_tokens`, not the reported dead
+    window; none before a whole AuxK window has been seen."""
+    d = kind(make_cfg, "topk", "dictionary.d_sae=32")
+    dead = DeadFeatures(window_tokens=1_000_000)
+    dead.since["main"] = torch.zeros(32, dtype=torch.long)
+    dead.since["main"][:5], dead.since["main"][5] = 70_000, 60_000
+    module = SimpleNamespace(members={"main": d})
+    auxk = AuxK(dead, window_tokens=65_536)
+    dead.tokens_seen = 60_000
+    auxk.on_train_batch_start(None, module, {}, 0)
+    assert not d.dead.any()
+    dead.tokens_seen = 70_000
+    auxk.on_train_batch_start(None, module, {}, 0)
+    assert d.dead.nonzero().flatten().tolist() == [0, 1, 2, 3, 4]
+    assert dead.mask("main") is None  # the reported window has not passed
 
 
 @pytest.mark.parametrize("name", ["transcoder", "gated", "jumprelu"])

@@ -216,8 +216,9 @@ def compute_dtype(W: Tensor) -> torch.dtype:
 
 class _SparseEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, rule: Rule):
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, rule: Rule, straight_through: bool):
         values, indices, counts = rule(pre)
+        ctx.straight_through = straight_through
         offsets = torch.cumsum(counts, 0) - counts
         by_feature = ByFeature.of(indices, rows_of(offsets, len(indices)), W_enc.shape[1])
         ctx.save_for_backward(x, W_enc, values, indices, offsets, *by_feature)
@@ -233,7 +234,8 @@ class _SparseEncode(torch.autograd.Function):
     def gradients(ctx, grad_values: Tensor):
         x, W_enc, values, indices, offsets, *by_feature = ctx.saved_tensors
         by_feature = ByFeature(*by_feature)
-        grad = torch.where(values > 0, grad_values, 0)  # relu: no gradient where nothing fired
+        # relu: no gradient where nothing fired (unless straight through)
+        grad = grad_values if ctx.straight_through else torch.where(values > 0, grad_values, 0)
         acc = torch.promote_types(grad.dtype, torch.float32)  # no bf16 sparse products on CPU
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
@@ -242,23 +244,24 @@ class _SparseEncode(torch.autograd.Function):
             grad_W = torch.empty_like(W_enc)  # (both in one pass over the entries by feature)
             grad_b = kernels.sum_by_feature(x, grad, by_feature, out=grad_W.T).to(W_enc.dtype)
             needs = ctx.needs_input_grad
-            return grad_x, grad_W if needs[1] else None, grad_b if needs[2] else None, None, None
+            return grad_x, grad_W if needs[1] else None, grad_b if needs[2] else None, None, None, None
         if ctx.needs_input_grad[1]:  # grad_W_enc.T = G.T @ x, G the sparse [batch, d_sae] gradient
             grad_W = transposed((by_feature.transposed(grad.to(acc), len(x)) @ x.to(acc)).to(W_enc.dtype))
         if ctx.needs_input_grad[2]:  # (summed in float32 where the codes are half precision)
             grad_b = torch.zeros(W_enc.shape[1], dtype=acc, device=grad.device).index_add_(
                 0, indices, grad.to(acc)).to(W_enc.dtype)
-        return grad_x, grad_W, grad_b, None, None
+        return grad_x, grad_W, grad_b, None, None, None
 
 
 def encode_sparse(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_in d_sae"],
                   b_enc: Float[Tensor, " d_sae"], rule: Rule,
-                  pre: Float[Tensor, "batch d_sae"] | None = None) -> SparseCodes:
+                  pre: Float[Tensor, "batch d_sae"] | None = None, straight_through: bool = False) -> SparseCodes:
     """The codes `rule` picks from `x @ W_enc + b_enc` (pass `pre` if already computed), with a
-    backward that is sparse in the firing entries."""
+    backward that is sparse in the picked entries. Picks the rule zeroed (below 0) get no gradient,
+    as through a ReLU; `straight_through` passes theirs on too (AuxK's dead latents)."""
     if pre is None:
         pre = pre_activations(x, W_enc, b_enc)
-    values, indices, offsets, *by_feature = _SparseEncode.apply(x, W_enc, b_enc, pre, rule)
+    values, indices, offsets, *by_feature = _SparseEncode.apply(x, W_enc, b_enc, pre, rule, straight_through)
     return SparseCodes(values, indices, offsets, W_enc.shape[1], ByFeature(*by_feature))
 
 

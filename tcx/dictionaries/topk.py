@@ -3,8 +3,9 @@
     z = TopK_k(ReLU(x @ W_enc + b_enc))      y = z @ W_dec + b_dec      loss = ||y - target||^2
 
 Exactly k features fire per row, so sparsity needs no penalty. The decoder is kept at unit norm.
-AuxK: latents that have been dead for a while are asked to explain the residual with their own
-top `aux_k`, which keeps them learning (switch off with `aux_coeff=0` or `trainer.auxk=false`).
+AuxK: latents that have not fired for a while (`trainer.auxk_window_tokens`) are asked to explain the
+residual with their own top `aux_k`, which keeps them learning (switch off with `aux_coeff=0` or
+`trainer.auxk=false`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ class TopKConfig(DictionaryConfig):
     """Active features per row."""
     aux_k: int = 256
     """Dead latents used by the AuxK loss."""
-    aux_coeff: float = 1 / 32
+    aux_straight_through: bool = True
+    """AuxK's ReLU passes its gradient to picks below 0 too, so a latent below 0 on every row still
+    learns; false: Gao et al.'s and sparsify's AuxK, which cannot reach such a latent."""
+    aux_coeff: float = 1.0
+    """Weight of the AuxK loss. 1, not Gao et al.'s 1/32: Adam scales a dead latent's steps by the
+    gradients it had alive, which the AuxK gradient must match to move it (README, "Dictionary kinds")."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -46,6 +52,17 @@ def topk_rows(pre: Float[Tensor, "batch d_sae"], k: int) -> Float[Tensor, "batch
     whole row: the same codes and gradients, a `[batch, d_sae]` pass fewer each way.)"""
     values, index = pre.topk(k, dim=-1, sorted=False)
     return torch.zeros_like(pre).scatter_(-1, index, values.relu())
+
+
+def dead_top_k(pre: Float[Tensor, "batch d_sae"], dead: Bool[Tensor, " d_sae"], k: int,
+               straight_through: bool = True) -> Float[Tensor, "batch d_sae"]:
+    """AuxK's codes: each row's k largest pre-activations among the `dead` latents, ReLU'd forward;
+    `straight_through`, every pick gets its gradient, below 0 too. Picks beyond the dead (k larger
+    than their number) are codes of 0 with no gradient."""
+    picked, index = pre.masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
+    picked = picked.masked_fill(picked.isneginf(), 0.0)
+    values = picked + (picked.relu() - picked).detach() if straight_through else picked.relu()
+    return torch.zeros_like(pre).scatter(-1, index, values)  # (ST: exactly relu's values, p + 0 or p - p)
 
 
 class TopKDictionary(Dictionary):
@@ -69,7 +86,9 @@ class TopKDictionary(Dictionary):
         return self.select(self.pre_activation(x))
 
     def aux_loss(self, x: Tensor, pre: Tensor, residual: Tensor, dead: Bool[Tensor, " d_sae"]) -> Tensor:
-        """How well the top `aux_k` dead latents explain what the live ones missed (normalised)."""
+        """How well the top `aux_k` dead latents explain what the live ones missed (normalised).
+        Their ReLU is straight-through (`aux_straight_through`): a latent below 0 on every row still
+        learns to rise where its decoder row points along the residual."""
         if self.cfg.aux_coeff == 0 or self.cfg.aux_k == 0:
             return pre.new_zeros(())
         if torch.compiler.is_compiling():  # a captured step cannot read the count back
@@ -80,19 +99,20 @@ class TopKDictionary(Dictionary):
         k = min(self.cfg.aux_k, n_dead)
         if sparse_enabled(x.device):  # a dictionary of the dead latents alone
             cols = dead.nonzero().squeeze(1)
-            z = encode_sparse(x, self.W_enc[:, cols], self.b_enc[cols], top_k(k), pre[:, cols])
+            z = encode_sparse(x, self.W_enc[:, cols], self.b_enc[cols], top_k(k), pre[:, cols],
+                              straight_through=self.cfg.aux_straight_through)
             explained = decode(z, self.W_dec[cols], torch.zeros_like(self.b_dec))
         else:
-            explained = topk_rows(pre.masked_fill(~dead, 0.0), k) @ self.W_dec
+            explained = dead_top_k(pre, dead, k, self.cfg.aux_straight_through) @ self.W_dec
         return normalised_error(explained, residual)
 
     def aux_loss_unsynced(self, pre: Tensor, residual: Tensor, dead: Bool[Tensor, " d_sae"]) -> Tensor:
         """`aux_loss` of dense codes without reading the number of dead latents back: always the top
-        `aux_k`. Where fewer are dead, the extra picks are live latents (masked to 0) or dead ones
-        below 0, which ReLU zeroes: the same codes, loss and gradients, at the cost of the whole
-        top-k while none are dead (then the loss is 0, as the synced form's)."""
+        `aux_k`. Where fewer are dead, the extra picks are live latents, codes of 0 with no gradient:
+        the same codes, loss and gradients, at the cost of the whole top-k while none are dead (then
+        the loss is 0, as the synced form's)."""
         k = min(self.cfg.aux_k, self.d_sae)
-        explained = topk_rows(pre.masked_fill(~dead, 0.0), k) @ self.W_dec
+        explained = dead_top_k(pre, dead, k, self.cfg.aux_straight_through) @ self.W_dec
         return torch.where(dead.any(), normalised_error(explained, residual), 0.0)
 
     def train_codes(self, x: Float[Tensor, "batch d_in"]) -> tuple[Codes, Float[Tensor, "batch d_sae"]]:

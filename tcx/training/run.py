@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -53,10 +54,23 @@ _HOW_NOT_WHAT = ("optimizer.fused", "optimizer.foreach")
 
 def _leaves(value, prefix: str) -> dict[str, object]:
     if isinstance(value, dict):
+        value = {**_defaults(value.get("_target_")), **value}
         return {k: v for key, sub in value.items() for k, v in _leaves(sub, f"{prefix}.{key}").items()}
     if prefix.endswith("._target_") and isinstance(value, str):
         value = moved_target(value)  # run dirs from before a class moved name it by its old path
     return {prefix: value}
+
+
+def _defaults(target) -> dict[str, object]:
+    """The default of each field of a `_target_` node's config dataclass: a key its YAML leaves out
+    (or that a run dir's saved config predates) counts as that value."""
+    try:
+        cls = get_class(moved_target(target)) if isinstance(target, str) else None
+    except Exception:  # noqa: BLE001 - a class gone since: compared by the saved keys alone
+        return {}
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return {}
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
 def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:

@@ -36,11 +36,13 @@ class DeadFeatures(L.Callback):
             since = torch.zeros_like(fired, dtype=torch.long) if since is None else since.to(fired.device)
             self.since[name] = torch.where(fired, 0, since + n)
 
-    def mask(self, key: str) -> torch.Tensor | None:
-        """Features silent for the whole dead window (none before a window has been seen)."""
-        if key not in self.since or self.tokens_seen < self.window_tokens:
+    def mask(self, key: str, window_tokens: int | None = None) -> torch.Tensor | None:
+        """Features silent for the whole dead window, or `window_tokens` (none before a window has
+        been seen)."""
+        window = window_tokens or self.window_tokens
+        if key not in self.since or self.tokens_seen < window:
             return None
-        return self.since[key] >= self.window_tokens
+        return self.since[key] >= window
 
     def fraction(self, name: str) -> float:
         if name not in self.since:
