@@ -8,6 +8,8 @@ of them back; at Gao et al.'s weight of 1/32 it barely moves them."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -30,6 +32,7 @@ def test_the_encoder_starts_at_its_configured_norm(cfg, d_out):
     assert torch.allclose(decoder_norms, torch.tensor(1.0 if cfg is TopKConfig else 0.1))
 
 
+@functools.cache  # (deterministic: the default's run serves both tests that read it)
 def _train_topk(encoder_init_norm: float, steps: int = 150, auxk_window: int | None = None,
                 aux_coeff: float = 1.0) -> tuple[float, float]:
     """A TopK transcoder on inputs whose shared mean (norm 0.6) is nearly as large as their spread
