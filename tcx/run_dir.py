@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-OUTPUTS = ("checkpoints", "logs", "config.yaml", "metrics.json", "eval.json", "error.json",
+OUTPUTS = ("checkpoints", "logs", "wandb", "config.yaml", "metrics.json", "eval.json", "error.json",
            "dictionary.safetensors", "dictionary.json", "feature_density.png")
 """What a run writes in its folder, and each bank member in its own."""
 
@@ -12,9 +12,20 @@ MACHINERY = ("checkpoints", "logs", "wandb")
 """Folders of a run that are never a member's."""
 
 
+SET_ASIDE = (".", "old-")
+"""Prefixes of folders that hold no live run: hidden ones, and the `old-<time>/` that `resume=false`
+moves an earlier run into (kept whole, never read as a run again)."""
+
+
+def is_set_aside(path: Path, below: Path | None = None) -> bool:
+    """`path`, or a folder between `below` and it, is hidden or an earlier run moved aside."""
+    parts = path.relative_to(below).parts if below is not None else (path.name,)
+    return any(part.startswith(SET_ASIDE) for part in parts)
+
+
 def member_dirs(run_dir: Path) -> list[Path]:
     """The bank members' folders of a run dir, sorted: subfolders holding a member's outputs (not
-    hidden, not the run's machinery, not an `old-<time>/` that `resume=false` moved aside)."""
+    set aside, not the run's machinery)."""
     return sorted(p for p in run_dir.iterdir()
-                  if p.is_dir() and not p.name.startswith((".", "old-")) and p.name not in MACHINERY
+                  if p.is_dir() and not is_set_aside(p) and p.name not in MACHINERY
                   and any((p / name).exists() for name in OUTPUTS))

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,37 @@ def test_compare_works_from_wandb_offline_logs_alone(make_cfg, tmp_path, monkeyp
             assert got[n][key] == pytest.approx(expected[n][key]), (n, key)
         assert got[n]["dictionary.l1_coeff"] == {"a": 0.05, "b": 0.5}[n]
         assert [row["tokens"] for row in history(tmp_path / n)][-1] == 8192
+
+
+def fake_run(directory, **metrics) -> None:
+    directory.mkdir(parents=True)
+    (directory / "config.yaml").write_text("dictionary: {_target_: tcx.dictionaries.relu.ReLUConfig}\n")
+    (directory / "metrics.json").write_text(json.dumps({"l0": 10, "fvu": 0.2, **metrics}))
+
+
+def test_a_run_moved_aside_is_not_compared(tmp_path):
+    """`resume=false` keeps the earlier run in `<run>/old-<time>/`: it is no longer a run of the sweep."""
+    fake_run(tmp_path / "0", recovered_mean=0.70)
+    fake_run(tmp_path / "0" / "old-20261201-120000", recovered_mean=0.95)
+    assert [r["run"] for r in gather([str(tmp_path)]).rows] == [str(tmp_path / "0")]
+    # named on its own, a folder moved aside is still readable
+    assert len(gather([str(tmp_path / "0" / "old-20261201-120000")]).rows) == 1
+
+
+def test_runs_without_the_ranking_metric_stay_in_the_table_last(tmp_path):
+    fake_run(tmp_path / "a", recovered_mean=0.7, unfired_fraction=0.01, train_l0=9.0)
+    fake_run(tmp_path / "b", recovered_mean=0.9, unfired_fraction=0.60, train_l0=11.0)
+    fake_run(tmp_path / "c")  # trainer.eval_tokens=0: no held-out fidelity
+    rows = gather([str(tmp_path)]).rows
+    name = lambda ranked: [r["run"].rsplit("/", 1)[1] for r in ranked]  # noqa: E731
+    assert name(rank(rows, "recovered_mean")) == ["b", "a", "c"]
+    assert name(rank(rows, "unfired_fraction")) == ["a", "b", "c"], "fewer unfired features is better"
+    assert name(rank(rows, "train_l0")) == ["a", "b", "c"], "train_<metric> ranks as <metric> does"
+    out = subprocess.run([sys.executable, "-m", "tcx.cli.compare", str(tmp_path), "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with open(tmp_path / "compare.csv") as f:
+        assert [Path(r["run"]).name for r in csv.DictReader(f)] == ["b", "a", "c"]
+    best = subprocess.run([sys.executable, "-m", "tcx.cli.compare", str(tmp_path), "--best", "l0<=100",
+                           "--by", "unfired_fraction"], capture_output=True, text=True)
+    assert best.stdout.strip() == str(tmp_path / "a")

@@ -199,10 +199,12 @@ def test_a_corrupt_or_truncated_checkpoint_is_named_kept_and_resume_false_starts
         assert "resume=false" in refused.stderr
         assert ckpt.read_bytes() == damaged, "the damaged file is left as it was"
 
+    (run / "wandb" / "offline-run-old").mkdir(parents=True)  # the old run's curves go aside with it
     done = train(run, cache_dir, "resume=false")
     assert done.returncode == 0, done.stderr[-3000:]
     (aside,) = run.glob("old-*")
     assert (aside / "checkpoints" / "last.ckpt").read_bytes() == damaged, "the old checkpoint is kept, moved aside"
+    assert (aside / "wandb" / "offline-run-old").is_dir() and not (run / "wandb" / "offline-run-old").exists()
     assert_same_weights(run, reference)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import shutil
 import sys
 import types
 
@@ -164,6 +165,8 @@ def test_open_runs_finds_every_member_of_a_sweep_and_places_them_at_their_record
 
     train(make_cfg("bank=[{l1_coeff: 0.1, name: a}, {input_site: mlp_out, name: b}]", "trainer.max_tokens=2048",
                    "trainer.eval_tokens=0"), tmp_path / "sweep" / "0")
+    # an earlier run that `resume=false` moved aside is kept, never opened as one of the sweep's
+    shutil.copytree(tmp_path / "sweep" / "0" / "a", tmp_path / "sweep" / "0" / "old-20261128-101010" / "a")
     opened = open_runs([tmp_path / "sweep"])
     assert [d.source.name for d in opened.dictionaries] == ["a", "b"]
     a, b = opened.dictionaries

@@ -65,6 +65,12 @@ def test_bad_sweep_files(tmp_path):
         check_grid_keys(SweepSpec.load(sweep_file(tmp_path, {"dictionary.l1_coef": [1]}, [])), ["experiment=smoke"])
     with pytest.raises(ConfigError, match=r"trainer\.max_tokenz"):
         check_grid_keys(SweepSpec.load(sweep_file(tmp_path, {"trainer.max_tokenz": [1]}, [])), ["experiment=smoke"])
+    (tmp_path / "scalar.yaml").write_text("grid: {dictionary.l1_coeff: [1]}\noverrides: trainer.max_tokens=1000\n")
+    with pytest.raises(ConfigError, match=r"`overrides` must be a list"):
+        SweepSpec.load(tmp_path / "scalar.yaml")
+    (tmp_path / "pack.yaml").write_text("grid: {dictionary.l1_coeff: [1]}\npack: 'false'\n")
+    with pytest.raises(ConfigError, match=r"`pack` must be true or false"):
+        SweepSpec.load(tmp_path / "pack.yaml")
 
 
 def test_unanswering_cluster_submits_nothing(tmp_path, monkeypatch):
@@ -255,6 +261,30 @@ def test_grid_values_reach_hydra_as_the_values_written(tmp_path, pack):
         # (in a sweep list Hydra keeps a quoted item as QuotedString until it applies it: a str)
         assert [getattr(v, "text", v) for v in values["dictionary.input_site"].list] == ["mlp_in", "null"]
         assert type(values["dictionary.input_site"].list[1]).__name__ == "QuotedString"
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_awkward_strings_reach_hydra_unchanged(pack):
+    """Quoted the way Hydra's grammar reads back: non-ASCII, backslashes (also last), quotes, tabs."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    texts = ["données", "C:\\data\\x", "end\\", "it's", "a\\'b", 'say "hi"', "tab\there", "x, y", "[1]"]
+    spec = SweepSpec("s", {"dictionary.input_site": texts}, pack=pack)
+    (parsed,) = OverridesParser.create().parse_overrides(multirun_overrides(spec))
+    if pack:
+        assert [e["input_site"] for e in parsed.value()] == texts
+    else:
+        assert [getattr(v, "text", v) for v in parsed.value().list] == texts
+
+
+def test_a_job_that_never_started_is_named_by_its_number(tmp_path):
+    from tcx.sweeps.collect import collect
+    for job in ("1", "2"):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "metrics.json").write_text('{"l0": 1, "fvu": 0.5}')
+    summary = collect(tmp_path, "s", expected_jobs=3)
+    assert [(p["job"], p["status"]) for p in summary["points"]] == [(0, "failed"), (1, "done"), (2, "done")]
+    assert "never started" in summary["points"][0]["error"]
 
 
 def test_two_task_ddp_job_on_slurm(slurm, tmp_path, cache_dir):

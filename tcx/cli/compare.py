@@ -18,11 +18,12 @@ from tcx.compare.plots import curves, frontier
 from tcx.compare.table import (
     CIRCUITS,
     INTERPRETABILITY,
-    LOWER_IS_BETTER,
     SHOWN,
     as_text,
     check_metric,
+    has,
     keep,
+    lower_is_better,
     metric_names,
     rank,
     varied,
@@ -48,7 +49,7 @@ def run(argv: list[str]) -> int:
     by = args.by or ("recovered_mean" if "recovered_mean" in metric_names(runs.rows) else "l0")
     check_metric(runs.rows, by)
     if args.best is not None:
-        best = rank(keep(runs.rows, args.best), by)
+        best = [r for r in rank(keep(runs.rows, args.best), by) if has(r, by)]
         if not best:
             print(f"error: no run passes {args.best!r}", file=sys.stderr)
             return 1
@@ -65,7 +66,7 @@ def run(argv: list[str]) -> int:
     write_csv(rows, out / "compare.csv")
     images = []
     for y in ("recovered_mean", "fvu", "circuit_explained", "circuit_nodes80"):
-        if frontier(rows, y, labels, out / f"frontier_{y}.png", higher=y not in LOWER_IS_BETTER):
+        if frontier(rows, y, labels, out / f"frontier_{y}.png", higher=not lower_is_better(y)):
             images.append(out / f"frontier_{y}.png")
     if curves(rows, out / "curves.png"):
         images.append(out / "curves.png")

@@ -12,6 +12,7 @@ import yaml
 from tcx import metrics_file
 from tcx.compare.wandb_log import find_log, read_wandb
 from tcx.errors import ConfigError
+from tcx.run_dir import is_set_aside
 
 REQUIRED = ("l0", "fvu")
 
@@ -34,7 +35,7 @@ def run_dirs(paths: list[str]) -> list[Path]:
             markers = [path / "config.yaml", *path.rglob("config.yaml"), *path.rglob("wandb/*run-*/run-*.wandb")]
             for marker in markers:
                 run = marker.parents[2] if marker.suffix == ".wandb" else marker.parent
-                if marker.is_file() and not run.name.startswith("."):
+                if marker.is_file() and not is_set_aside(run, below=path):
                     found.add(run)
     return sorted(found)
 

@@ -12,8 +12,9 @@ from tcx.circuits.config import QUALITY_COLUMNS
 from tcx.errors import ConfigError
 from tcx.io import write_text
 
-LOWER_IS_BETTER = {"l0", "fvu", "mse", "dead_fraction", "dense_fraction", "kl", "loss_spliced", "loss",
-                   "circuit_nodes80"}
+LOWER_IS_BETTER = {"l0", "fvu", "mse", "dead_fraction", "unfired_fraction", "dense_fraction", "kl",
+                   "loss_spliced", "loss", "aux", "circuit_nodes80"}
+"""Metrics ranked ascending; each `train_<name>` (the training window's) goes as `<name>` does."""
 OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
        ">": operator.gt}
 INTERPRETABILITY = ["detection", "fuzzing", "context_free"]
@@ -43,15 +44,24 @@ def keep(rows: list[dict[str, Any]], expression: str | None) -> list[dict[str, A
             raise ConfigError(f"filter '{clause}' is not `<metric> <op> <number>` (ops: {', '.join(OPS)}).")
         name, op, value = m[1], OPS[m[2]], float(m[3])
         check_metric(rows, name)
-        rows = [r for r in rows if isinstance(r.get(name), int | float) and op(r[name], float(value))]
+        rows = [r for r in rows if has(r, name) and op(r[name], float(value))]
     return rows
 
 
+def lower_is_better(name: str) -> bool:
+    return name.removeprefix("train_") in LOWER_IS_BETTER
+
+
+def has(row: dict[str, Any], name: str) -> bool:
+    return isinstance(row.get(name), int | float)
+
+
 def rank(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
-    """Best first: ascending for metrics where lower is better, descending otherwise."""
+    """Best first: ascending for metrics where lower is better, descending otherwise; runs without
+    the metric (no held-out evaluation, not yet scored by tcx-features) last, in their order."""
     check_metric(rows, by)
-    present = [r for r in rows if isinstance(r.get(by), int | float)]
-    return sorted(present, key=lambda r: r[by], reverse=by not in LOWER_IS_BETTER)
+    present = sorted((r for r in rows if has(r, by)), key=lambda r: r[by], reverse=not lower_is_better(by))
+    return present + [r for r in rows if not has(r, by)]
 
 
 def varied(rows: list[dict[str, Any]]) -> list[str]:

@@ -18,7 +18,7 @@ from tcx.config import CONF_DIR, build_node, compose_train
 from tcx.data.windows import load_windows
 from tcx.dictionaries.io import Units
 from tcx.errors import CheckpointError, ConfigError
-from tcx.run_dir import MACHINERY
+from tcx.run_dir import MACHINERY, is_set_aside
 from tcx.runs.formats import FORMATS, Format, known_formats
 from tcx.runs.record import OpenedDictionary, Placed
 
@@ -56,7 +56,7 @@ def _walk(path: Path, found: dict[Path, Format]) -> None:
         return
     if path.is_dir():
         for child in sorted(path.iterdir()):
-            if not child.name.startswith(".") and child.name not in MACHINERY:
+            if not is_set_aside(child) and child.name not in MACHINERY:
                 _walk(child, found)
 
 

@@ -42,9 +42,11 @@ def collect(sweep_dir: Path, name: str, expected_jobs: int) -> dict[str, Any]:
                            "rerunning the sweep resumes it" if (job / "checkpoints" / "last.ckpt").is_file()
                            else "no metrics.json was written (killed, or failed outside tcx): see the log")
             points.append(row)
-    for missing in range(len(jobs), expected_jobs):
+    started = {int(job.name) for job in jobs}
+    for missing in sorted(set(range(expected_jobs)) - started):
         points.append({"dir": str(sweep_dir / str(missing)), "job": missing, "status": "failed",
                        "error": "the job never started (see the launcher's output)", "log": None})
+    points.sort(key=lambda p: p["job"])
     summary = {"name": name, "sweep_dir": str(sweep_dir), "points": points,
                "done": sum(p["status"] == "done" for p in points),
                "failed": sum(p["status"] == "failed" for p in points)}

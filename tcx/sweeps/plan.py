@@ -9,7 +9,6 @@ Unpacked: every grid key is a multirun sweep, one job per point.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import sys
 from typing import Any
@@ -32,7 +31,14 @@ def hydra_value(value: Any) -> str:
         return "{" + ", ".join(f"{k}: {hydra_value(v)}" for k, v in value.items()) + "}"
     text = str(value)
     plain = re.fullmatch(r"[A-Za-z0-9_.+-]+", text) and text.lower() not in ("null", "true", "false")
-    return text if plain else json.dumps(text)
+    return text if plain else quoted(text)
+
+
+def quoted(text: str) -> str:
+    """`text` as a quoted string of Hydra's grammar, which reads every character literally but a
+    quote, and a run of backslashes before a quote (or before the closing one), which it halves."""
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), text)
+    return f"'{escaped}'"
 
 
 def member(point: dict[str, Any]) -> dict[str, Any]:

@@ -48,7 +48,14 @@ class SweepSpec:
         name = str(raw.get("name") or path.stem)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ConfigError(f"sweep file {path}: name '{name}' may use letters, digits, '.', '_', '-'.")
-        return cls(name, grid, [str(o) for o in raw.get("overrides") or []], bool(raw.get("pack", True)), path)
+        overrides = raw.get("overrides") or []
+        if not isinstance(overrides, list) or any(not isinstance(o, str) for o in overrides):
+            raise ConfigError(f"sweep file {path}: `overrides` must be a list of `key=value` strings, "
+                              f"e.g. [layer=3, trainer.max_tokens=1_000_000]; got {overrides!r}.")
+        pack = raw.get("pack", True)
+        if not isinstance(pack, bool):
+            raise ConfigError(f"sweep file {path}: `pack` must be true or false (unquoted), got {pack!r}.")
+        return cls(name, grid, overrides, pack, path)
 
     def points(self) -> list[dict[str, Any]]:
         keys = list(self.grid)
