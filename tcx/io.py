@@ -38,13 +38,35 @@ def _out_of_space(e: BaseException, folder: Path) -> bool:
         return False
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def _mode_of(path: Path, default: int) -> int:
+    """The permissions a plain `open(path, "w")` (or `mkdir`) would leave: an existing file's own,
+    else `default` under the umask. (mkstemp's owner-only 0600 would make a shared cache_dir or an
+    export unreadable to the colleagues it is for.)"""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return default & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it replaces `path`, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, _mode_of(path, 0o666))
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -91,6 +113,7 @@ def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]
                           "replace it (--force).")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, _mode_of(path, 0o777))
     try:
         yield tmp
         old = None

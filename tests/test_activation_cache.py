@@ -64,3 +64,17 @@ def test_the_weights_digest_is_computed_once_and_follows_edits(make_cfg):
     assert lm.weights_digest() != first
     lm.bridge.to(torch.float64)
     assert lm.weights_digest() == tensors_digest(lm.bridge.state_dict().values())
+
+
+def test_a_model_setting_outside_the_weights_has_its_own_cache(make_cfg):
+    """`model.act_fn=gelu` leaves the tiny model's weights as they are but changes its MLP's output:
+    a cache of the ReLU model must not serve it. Where files are kept changes nothing."""
+    relu = fill_cache(make_cfg(*SHORT))
+    gelu = fill_cache(make_cfg(*SHORT, "model.act_fn=gelu"))
+    assert gelu != relu
+    lms = [build_node(make_cfg(*SHORT, *o).model, "model").load() for o in ([], ["model.act_fn=gelu"])]
+    assert lms[0].weights_digest() == lms[1].weights_digest()
+    hook = next(p.name for p in relu.iterdir() if "mlp_out" in p.name)
+    assert not torch.equal(*(torch.load(f / hook / "000000.pt")["rows"] for f in (relu, gelu)))
+    smollm2 = [build_node(make_cfg("model=smollm2-q4", f"model.cache_dir={d}").model, "model") for d in ("/a", "/b")]
+    assert smollm2[0].settings_digest() == smollm2[1].settings_digest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -50,6 +51,25 @@ def test_a_bank_member_field_is_checked_against_its_kind(make_cfg, tmp_path):
     assert "l1_coef is not a field of ReLUConfig" in failures[tmp_path / "typo"]
     assert "normalise is not a field of TopKConfig" in failures[tmp_path / "topk"]
     assert "l1_coeff" in failures[tmp_path / "typo"] and "normalize" in failures[tmp_path / "topk"]
+
+
+def test_a_value_only_the_widths_rule_out_fails_its_member_alone(make_cfg, tmp_path):
+    """k above the features is found once the model has run (the widths): in a bank it fails that
+    member alone, as a value refused earlier does, and the others train."""
+    done = train(make_cfg("trainer.max_tokens=4096", "trainer.eval_tokens=0",
+                          "bank=[{name: ok}, {dictionary: topk, k: 5000, name: big}]"), tmp_path)
+    assert list(done) == ["ok"] and (tmp_path / "ok" / "dictionary.safetensors").is_file()
+    error = json.loads((tmp_path / "big" / "error.json").read_text())["error"]
+    assert "bank member 'big'" in error and "k=5000" in error
+    with pytest.raises(ConfigError, match=r"k=5000"):  # alone, it is the run's error
+        train(make_cfg("trainer.max_tokens=4096", "dictionary=topk", "dictionary.k=5000"), tmp_path / "solo")
+
+
+@pytest.mark.parametrize("name", ["../elsewhere", "/tmp/x", "checkpoints", ".hidden", "old-1", "a b"])
+def test_a_bank_member_name_must_be_a_folder_of_the_run(make_cfg, tmp_path, name):
+    from tcx.training.members import plan_members
+    with pytest.raises(ConfigError, match=r"bank\[1\]\.name"):
+        plan_members(make_cfg(f"bank=[{{name: a}}, {{name: '{name}'}}]"), tmp_path)
 
 
 def test_bad_trainer_type_fails_at_compose_naming_the_key(make_cfg):
@@ -168,6 +188,36 @@ def test_a_key_left_out_counts_as_its_default_on_resume(make_cfg, tmp_path):
         check_resume_config(tmp_path, make_cfg("dictionary=topk", "dictionary.aux_straight_through=false"))
     with pytest.raises(ConfigError, match=r"`dictionary\.normalize` \(True, now False\)"):
         check_resume_config(tmp_path, make_cfg("dictionary=topk", "+dictionary.normalize=false"))
+
+
+def test_resume_refuses_a_trainer_setting_that_changes_what_is_trained(make_cfg, tmp_path):
+    """The schedule, precision, AuxK and resampling change the weights: refused, each named. How a
+    step runs or what is reported (the model's batch, evaluation, devices, the cache) may change."""
+    from omegaconf import OmegaConf
+
+    from tcx.training.run import check_resume_config
+    OmegaConf.save(make_cfg(), tmp_path / "config.yaml")
+    for override, named in [("trainer.lr_decay_fraction=0.9", r"`trainer\.lr_decay_fraction` \(0\.2, now 0\.9\)"),
+                            ("trainer.lr_warmup_steps=3", "trainer.lr_warmup_steps"),
+                            ("trainer.precision=bf16-mixed", "trainer.precision"),
+                            ("trainer.model_dtype=bfloat16", "trainer.model_dtype"),
+                            ("trainer.resample_every_n_tokens=4096", "trainer.resample_every_n_tokens"),
+                            ("trainer.auxk=false", "trainer.auxk"),
+                            ("callbacks.resample=null", r"callbacks\.resample\._target_")]:
+        with pytest.raises(ConfigError, match=named):
+            check_resume_config(tmp_path, make_cfg(override))
+    check_resume_config(tmp_path, make_cfg(
+        "trainer.model_batch_size=3", "trainer.eval_tokens=0", "trainer.eval_every_n_tokens=4096",
+        "trainer.log_every_n_steps=1", "trainer.checkpoint_every_n_steps=7", "trainer.progress_bar=false",
+        "trainer.activation_cache=true", "trainer.devices=2", "trainer.strategy=ddp", "trainer.compile=default",
+        "trainer.profiler=simple", "+callbacks.lr_monitor={_target_: lightning.pytorch.callbacks.LearningRateMonitor}"))
+    # a run dir saved before a trainer key existed resumes where the key is at its default
+    saved = OmegaConf.to_container(make_cfg())
+    del saved["trainer"]["resample_every_n_tokens"], saved["callbacks"]
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    check_resume_config(tmp_path, make_cfg())
+    with pytest.raises(ConfigError, match=r"`trainer\.resample_every_n_tokens` \(0, now 4096\)"):
+        check_resume_config(tmp_path, make_cfg("trainer.resample_every_n_tokens=4096"))
 
 
 def test_a_run_dir_written_before_the_model_modules_split_still_resumes(make_cfg, tmp_path):

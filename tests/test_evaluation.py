@@ -249,7 +249,7 @@ def test_baselines_that_cannot_be_kept_are_a_warning_not_an_error(tmp_path, capl
     """A cache_dir that cannot be written (here a file's path) must not fail the evaluation's run."""
     from tcx.evaluation.baselines import BaselineKey, Baselines, save
 
-    key = BaselineKey("m", "w", "h", (0, 1), 16, ("hook",), "cpu", "t")
+    key = BaselineKey("m", "s", "w", "h", (0, 1), 16, ("hook",), "cpu", "t")
     (tmp_path / "not-a-dir").write_text("")
     save(tmp_path / "not-a-dir", key, Baselines({"hook": torch.zeros(2)}))
     assert "not kept" in caplog.text

@@ -12,11 +12,13 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -336,3 +338,50 @@ def test_a_job_requeued_off_a_drained_node_resumes_from_its_checkpoint(slurm, tm
     metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] > 0, "the requeued job started again from step 0"
     assert metrics["tokens"] == 200_000 // 1024 * 1024
+
+
+def test_atomic_writes_leave_the_permissions_a_plain_write_would(tmp_path):
+    """A temp file is created owner-only (0600); moved into place as such, a shared cache_dir or an
+    exported folder would be unreadable to the colleagues it is for."""
+    import stat
+
+    from tcx.io import _UMASK, atomic_dir, write_text
+
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    write_text(tmp_path / "a.json", "{}")
+    (tmp_path / "plain.json").write_text("{}")
+    assert mode(tmp_path / "a.json") == 0o666 & ~_UMASK == mode(tmp_path / "plain.json")
+    (tmp_path / "a.json").chmod(0o640)  # an existing file keeps its own, as open(path, "w") does
+    write_text(tmp_path / "a.json", "[]")
+    assert mode(tmp_path / "a.json") == 0o640
+    with atomic_dir(tmp_path / "export") as folder:
+        (folder / "cfg.json").write_text("{}")
+    (tmp_path / "plain").mkdir()
+    assert mode(tmp_path / "export") == 0o777 & ~_UMASK == mode(tmp_path / "plain")
+
+
+class SignalDuring(L.Callback):
+    """SLURM's warning signal (SIGUSR2) arrives while step `at` runs."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
+def test_a_checkpoint_on_slurms_warning_keeps_that_steps_resample(tmp_path, cache_dir):
+    """The signal's checkpoint is written after the step's resample (step 16 restarts dead features):
+    written before it, the resumed run would lack the restart and differ from one never stopped."""
+    resample = "trainer.resample_every_n_tokens=16384"
+    done = train(tmp_path / "reference", cache_dir, resample)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "reference" / "relu" / "metrics.json").read_text())["resampled_features"] > 0
+    stopped = train(tmp_path / "run", cache_dir, resample,
+                    "+callbacks.signal={_target_: tests.test_faults.SignalDuring, at: 15}")
+    assert stopped.returncode == -signal.SIGUSR2, stopped.stderr[-3000:]
+    assert step_of(tmp_path / "run" / "checkpoints" / "last.ckpt") == 16
+    done = train(tmp_path / "run", cache_dir, resample)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_weights(tmp_path / "run", tmp_path / "reference")

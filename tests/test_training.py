@@ -254,3 +254,23 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, cache_dir, extra
     # each process ran the model on half of the windows (rank 0 reports its share; odd counts round up)
     ran = {n: final[n]["model_tokens"] for n in ("ddp", "single")}
     assert ran["single"] >= 16384 and ran["single"] / 2 <= ran["ddp"] < 1.05 * ran["single"] / 2, ran
+
+
+def test_the_csv_curves_are_on_disk_while_training_and_kept_across_a_resume(tmp_path):
+    """Lightning's CSV logger wrote every 100th step only (never, at a log every 10 steps) until
+    the run ended, and a new logger on the same folder deleted the file: a killed run lost its
+    curves, a resumed one kept only what came after its checkpoint."""
+    from tcx.training.loggers import csv_logger
+
+    path = tmp_path / "logs" / "metrics.csv"
+    first = csv_logger(str(tmp_path), "run")
+    for step in range(0, 40, 10):
+        first.log_metrics({"loss": step / 10}, step=step)
+    assert [r["step"] for r in csv.DictReader(path.open())] == ["0", "10", "20", "30"]  # killed here
+    resumed = csv_logger(str(tmp_path), "run")  # from a checkpoint at step 20: steps 20 and 30 are redone
+    for step in (20, 30, 40):
+        resumed.log_metrics({"loss": 100 + step, "l0": 1.0}, step=step)
+    resumed.finalize("success")
+    rows = [(r["step"], r["loss"], r["l0"]) for r in csv.DictReader(path.open())]
+    assert rows == [("0", "0.0", ""), ("10", "1.0", ""), ("20", "120", "1.0"), ("30", "130", "1.0"),
+                    ("40", "140", "1.0")]

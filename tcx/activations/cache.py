@@ -38,6 +38,8 @@ class StreamKey:
     """Everything a chunk's content depends on, but the hookpoint."""
 
     model: str
+    settings: str
+    """sha256 of the model spec's settings (`ModelSpec.settings_digest`): its activation function..."""
     weights: str
     """sha256 of the model's parameters (so also their dtype)."""
     windows: str

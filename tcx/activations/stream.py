@@ -65,7 +65,7 @@ class ActivationStream:
 
     def key(self) -> StreamKey:
         return StreamKey(
-            model=self.lm.spec.name, weights=self.lm.weights_digest(),
+            model=self.lm.spec.name, settings=self.lm.spec.settings_digest(), weights=self.lm.weights_digest(),
             windows=tensors_digest([self.windows]), valid=(self.valid.start, self.valid.stop),
             seed=self.seed, chunk_tokens=self.chunk_tokens, model_batch_size=self.model_batch_size,
             dtype=str(self.dtype).removeprefix("torch."))

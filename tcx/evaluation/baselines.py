@@ -39,6 +39,8 @@ FORMAT = 1
 @dataclass(frozen=True)
 class BaselineKey:
     model: str
+    settings: str
+    """sha256 of the model spec's settings (`ModelSpec.settings_digest`)."""
     weights: str
     """sha256 of the model's parameters (so also their dtype)."""
     windows: str
@@ -53,7 +55,7 @@ class BaselineKey:
 
     @classmethod
     def of(cls, lm, windows: Tensor, valid: slice, batch_windows: int, targets: list[str]) -> BaselineKey:
-        return cls(model=lm.spec.name, weights=lm.weights_digest(),
+        return cls(model=lm.spec.name, settings=lm.spec.settings_digest(), weights=lm.weights_digest(),
                    windows=tensors_digest([windows]), valid=(valid.start, valid.stop),
                    batch_windows=batch_windows, targets=tuple(targets), device=device_name(lm.device),
                    torch=str(torch.__version__))

@@ -10,6 +10,9 @@ branch in the code. Each kind of model is one module holding its spec subclass a
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -71,6 +74,17 @@ class ModelSpec:
 
     def load(self, device: str = "cpu", dtype: str = "float32") -> LanguageModel:
         raise NotImplementedError
+
+    def settings_digest(self) -> str:
+        """sha256 of every setting but where files are kept (16 hex digits). The caches of
+        activations and evaluation baselines key on it beside the weights' digest: some settings
+        change the forward pass and not the weights (a native model's `act_fn`, the windows'
+        special tokens, the sites)."""
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in _WHERE_FILES_ARE}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_WHERE_FILES_ARE = ("cache_dir", "refetch")
 
 
 _MOVED = {"HubModelSpec": "hub", "EmbeddedMiniLMSpec": "embedded", "GGUFModelSpec": "gguf",

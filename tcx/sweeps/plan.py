@@ -46,8 +46,8 @@ def member(point: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {}
     for key, value in point.items():
         entry["dictionary" if key == "dictionary" else key.removeprefix("dictionary.")] = value
-    entry["name"] = "-".join(f"{k.removeprefix('dictionary.')}={v}" if k != "dictionary" else str(v)
-                             for k, v in point.items()).replace("/", "_")
+    name = "-".join(f"{k.removeprefix('dictionary.')}={v}" if k != "dictionary" else str(v) for k, v in point.items())
+    entry["name"] = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)  # a folder of the run dir
     return entry
 
 

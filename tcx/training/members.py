@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tcx.config import build_node, compose_train
 from tcx.dictionaries.base import DictionaryConfig
 from tcx.errors import ConfigError
+from tcx.run_dir import MACHINERY, OUTPUTS, SET_ASIDE
 
 
 def module_key(name: str) -> str:
@@ -118,6 +119,11 @@ def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Pat
     members, failures, seen = [], {}, set()
     for i, overrides in enumerate(entries):
         name = str(overrides.pop("name", None) or _member_name(overrides))
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*", name) or name in (*OUTPUTS, *MACHINERY) \
+                or name.startswith(SET_ASIDE):
+            raise ConfigError(f"bank[{i}].name '{name}' cannot be a member's folder in the run dir: use "
+                              "letters, digits and _ . , = + - (not starting with '.' or 'old-'), and "
+                              f"none of the run's own names ({', '.join(OUTPUTS)}).")
         key = module_key(name)
         if key in seen:
             raise ConfigError(f"bank[{i}]: member name '{name}' is used twice; give each a `name`.")

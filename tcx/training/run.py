@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import logging
 import os
 import warnings
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import lightning as L
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -46,15 +47,22 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 # Changing these between a run and its resume would silently mix two experiments.
-_FIXED_ON_RESUME = ("model", "layer", "dictionary", "bank", "data", "seed", "lr", "optimizer",
-                    "trainer.batch_size", "trainer.buffer_tokens", "trainer.max_tokens")
-_HOW_NOT_WHAT = ("optimizer.fused", "optimizer.foreach")
-"""Keys under those that change how a step is computed, not what is trained: a run resumes across them."""
+_FIXED_ON_RESUME = ("model", "layer", "dictionary", "bank", "data", "seed", "lr", "optimizer", "trainer",
+                    "callbacks.auxk", "callbacks.resample")
+_HOW_NOT_WHAT = ("optimizer.fused", "optimizer.foreach", *(f"trainer.{key}" for key in (
+    "model_batch_size", "checkpoint_every_n_steps", "log_every_n_steps", "metrics_window_steps",
+    "eval_tokens", "eval_every_n_tokens", "accelerator", "devices", "num_nodes", "strategy", "compile",
+    "progress_bar", "activation_cache", "profiler")))
+"""Keys under those that change how a step is computed or what is reported, not what is trained (the
+same weights, or the same up to float rounding: the fused optimiser, the model's batch, the compiled
+step): a run resumes across them, on another machine or allocation too."""
+_SCHEMAS = {"trainer": TrainerConfig}
+"""Nodes typed by a dataclass rather than a `_target_`: a key a saved config predates is its default."""
 
 
 def _leaves(value, prefix: str) -> dict[str, object]:
     if isinstance(value, dict):
-        value = {**_defaults(value.get("_target_")), **value}
+        value = {**_defaults(value.get("_target_") or _SCHEMAS.get(prefix)), **value}
         return {k: v for key, sub in value.items() for k, v in _leaves(sub, f"{prefix}.{key}").items()}
     if prefix.endswith("._target_") and isinstance(value, str):
         value = moved_target(value)  # run dirs from before a class moved name it by its old path
@@ -64,10 +72,13 @@ def _leaves(value, prefix: str) -> dict[str, object]:
 def _defaults(target) -> dict[str, object]:
     """The default of each field of a `_target_` node's config dataclass: a key its YAML leaves out
     (or that a run dir's saved config predates) counts as that value."""
-    try:
-        cls = get_class(moved_target(target)) if isinstance(target, str) else None
-    except Exception:  # noqa: BLE001 - a class gone since: compared by the saved keys alone
-        return {}
+    if isinstance(target, str):  # a config class; a callback's factory (`AuxK.build`) has no defaults
+        module, _, name = moved_target(target).rpartition(".")
+        try:
+            target = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError):  # a class gone since: the saved keys alone
+            return {}
+    cls = target
     if cls is None or not dataclasses.is_dataclass(cls):
         return {}
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
@@ -81,13 +92,16 @@ def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
     saved = OmegaConf.load(saved_path)
     differ = []
     for key in _FIXED_ON_RESUME:
+        if OmegaConf.select(saved, key.split(".")[0]) is None and "." in key:
+            continue  # a group the saved config predates (callbacks): it ran what was built in then
         old, new = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
         old = OmegaConf.to_container(old, resolve=True) if OmegaConf.is_config(old) else old
         new = OmegaConf.to_container(new, resolve=True) if OmegaConf.is_config(new) else new
         old_leaves, new_leaves = _leaves(old, key), _leaves(new, key)
         differ += [f"`{k}` ({old_leaves.get(k)!r}, now {new_leaves.get(k)!r})"
                    for k in sorted(set(old_leaves) | set(new_leaves))
-                   if old_leaves.get(k) != new_leaves.get(k) and k not in _HOW_NOT_WHAT]
+                   if old_leaves.get(k) != new_leaves.get(k) and k not in _HOW_NOT_WHAT
+                   and not (key in _SCHEMAS and k not in new_leaves)]  # a key removed since
     if differ:
         raise ConfigError(
             f"{run_dir} holds a checkpoint started with a different " + ", ".join(differ[:5])
@@ -100,14 +114,13 @@ def make_callbacks(cfg: DictConfig, tcfg: TrainerConfig, members, windows, meta:
     """The run's own machinery, then the `callbacks` group's entries (a `_partial_` one is handed the
     run's `TrainingState`; one that builds None is off); `outputs.final` holds the results.
     Lightning calls them in list order (checkpoints last): `dead` first, so the others read this
-    step's count."""
+    step's count; the checkpoint on SLURM's warning signal after the group's, whose work it must save."""
     dead, throughput = DeadFeatures(tcfg.dead_window_tokens), Throughput(tcfg.batch_size, tcfg.log_every_n_steps)
     logs = MemberLogs(members, dead, tcfg.batch_size, tcfg.log_every_n_steps, tcfg.metrics_window_steps)
     outputs = MemberOutputs(logs, dead, throughput, tcfg.batch_size, meta)
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=tcfg.checkpoint_every_n_steps,
                                   save_top_k=0, save_last=True, save_on_train_epoch_end=True)
-    callbacks: list[L.Callback] = [dead, throughput, logs, outputs, checkpoints,
-                                   CheckpointOnSignal(run_dir / "checkpoints" / "last.ckpt")]
+    callbacks: list[L.Callback] = [dead, throughput, logs, outputs, checkpoints]
     state = TrainingState(trainer=tcfg, members=members, windows=windows, seed=cfg.seed, dead=dead,
                           cache_dir=cfg.cache_dir)
     for name, entry in (cfg.get("callbacks") or {}).items():
@@ -123,6 +136,8 @@ def make_callbacks(cfg: DictConfig, tcfg: TrainerConfig, members, windows, meta:
         if not isinstance(built, L.Callback):
             raise ConfigError(f"callbacks.{name} built a {type(built).__name__}, not a Lightning callback.")
         callbacks.append(built)
+    # after every callback that changes the step's outcome (a resample): it saves, then ends the process
+    callbacks.append(CheckpointOnSignal(run_dir / "checkpoints" / "last.ckpt"))
     return callbacks, outputs
 
 
@@ -191,6 +206,27 @@ def finished(members) -> dict[str, dict[str, float]] | None:
     return {m.name: metrics_file.read(m.dir) for m in members if metrics_file.exists(m.dir)}
 
 
+def build_dictionaries(members: list[Member], dims: dict[str, int], seed: int):
+    """Each member's dictionary at its sites' widths. A value only the widths rule out (`k` above the
+    features, found once the model has run) fails its member alone in a bank, as a bad value found
+    before does: its folder gets error.json, the others train."""
+    built, kept = {}, []
+    for m in members:
+        try:
+            built[m.key] = m.cfg.build(dims[m.input_hook], dims[m.target_hook], seed=seed)
+            kept.append(m)
+        except ConfigError as e:
+            if len(members) == 1:
+                raise
+            error = f"bank member '{m.name}': {e}"
+            log.error("bank member %s not trained: %s", m.name, error)
+            if rank_zero_only.rank == 0:
+                write_json(m.dir / "error.json", {"error": error})
+    if not kept:
+        raise ConfigError("no member of the bank can be built: see each member's error.json.")
+    return built, kept
+
+
 def fit(cfg: DictConfig, run_dir: Path, plan: RunPlan, checkpoint: Path | None) -> dict[str, dict[str, float]]:
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -201,10 +237,9 @@ def fit(cfg: DictConfig, run_dir: Path, plan: RunPlan, checkpoint: Path | None) 
 
     schedule = Schedule(tcfg.max_steps, tcfg.lr_warmup_steps, tcfg.lr_decay_fraction,
                         tcfg.sparsity_warmup_fraction)
-    bank = DictionaryBank(
-        {m.key: m.cfg.build(dims[m.input_hook], dims[m.target_hook], seed=cfg.seed) for m in members},
-        {m.key: (m.input_hook, m.target_hook) for m in members}, instantiate(cfg.optimizer), cfg.lr, schedule,
-        compile=tcfg.compile)
+    dictionaries, members = build_dictionaries(members, dims, cfg.seed)
+    bank = DictionaryBank(dictionaries, {m.key: (m.input_hook, m.target_hook) for m in members},
+                          instantiate(cfg.optimizer), cfg.lr, schedule, compile=tcfg.compile)
     data = ActivationData(lm, windows, hooks, tcfg, cfg.seed, cfg.cache_dir)
 
     meta = {"model": plan.spec.name, "seed": cfg.seed}
