@@ -72,8 +72,12 @@ def test_tcx_circuit_writes_every_file(copies, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["target.token=ab"], "is 2 tokens"),
+    (["target.token=ab"], "target.token='ab' is 2 tokens"),  # named as tcx-circuit takes it
     (["target.kind=direction", "target.path=/nonexistent/probe.pt"], "no such file"),
+    # the replay's name for a pre-norm MLP's input, which the model records under no hook
+    (["target.kind=direction", "target.path=/nonexistent/probe.pt", "target.hook=blocks.0.hook_mlp_in"],
+     "target.hook='blocks.0.hook_mlp_in' is not a hook"),
+    (["target.kind=logit_diff", "target.token=a"], "target.kind=logit_diff needs target.token and target.other"),
     (["target.kind=nonsense"], "kind must be one of"),
     (["prune.node_threshold=2"], "node_threshold must be in"),
 ])

@@ -151,3 +151,19 @@ def test_circuit_page_in_headless_chromium(browser, graph, tmp_path: Path):
     assert "L1 #3 say a capital" in page.locator("#card").inner_text()
     assert page.locator(".link.on").count() == 5
     assert errors == [] and requested == []
+
+
+def test_a_path_pages_nodes_show_their_features_cards(browser, graph, tmp_path: Path):
+    """paths.html names each node by its route from the target (`<node>~<k>`, a node may be reached
+    twice); its card is the node's own."""
+    route = {n["node_id"]: f"{n['node_id']}~{k}" for k, n in enumerate(graph["nodes"])}
+    for n in graph["nodes"]:
+        n["node_id"] = n["jsNodeId"] = route[n["node_id"]]
+    for link in graph["links"]:
+        link["source"], link["target"] = route[link["source"]], route[link["target"]]
+    write_page(graph, tmp_path / "paths.html")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto((tmp_path / "paths.html").as_uri())
+    page.hover(f'.node[data-id="{route["0_12_4"]}"]')
+    card = page.locator("#card").inner_text()
+    assert "L0 #12 France" in card and "Berlin" in card, card

@@ -26,7 +26,8 @@ TARGET = TargetConfig(kind="logit_diff", token="a", other="b")
 
 
 def settings(**kw) -> QualityConfig:
-    return QualityConfig(runs="-", prompts=kw.pop("prompts", ["cat", "dog 7"]), target=TARGET, progress=False,
+    return QualityConfig(runs="-", prompts=kw.pop("prompts", ["cat", "dog 7"]), target=kw.pop("target", TARGET),
+                         progress=False,
                          max_feature_nodes=kw.pop("max_feature_nodes", 64), **kw)
 
 
@@ -170,3 +171,21 @@ def test_quality_refuses_an_empty_prompt_set(sweep, tmp_path):
                            f"hydra.run.dir={tmp_path / 'q'}"], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 1 and "prompts= is empty" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_runs_whose_features_carry_nothing_to_the_target_get_no_scores(make_cfg, tmp_path):
+    """A probe on layer 0's output sits upstream of layer-1 runs: no feature node of theirs holds any
+    influence. nodes80 is then undefined (0 would read as the most readable circuit), and so is the
+    overlap of two unrelated runs (1.0 would read as perfectly stable)."""
+    lm = tiny(make_cfg)
+    torch.save({"direction": torch.randn(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)},
+               tmp_path / "probe.pt")
+    target = TargetConfig(kind="direction", path=str(tmp_path / "probe.pt"), hook="blocks.0.hook_out")
+    cfg = settings(target=target)
+    a, b = transcoder(make_cfg, lm, 1, noise=0.05), transcoder(make_cfg, lm, 1, noise=0.5)
+    (ra, ca), (rb, cb) = score_run(lm, a, [], cfg), score_run(lm, b, [], cfg)
+    for r in (ra, rb):
+        assert r["circuit_nodes80"] is None and r["circuit_explained"] == 0.0
+        assert all(p["nodes80"] is None for p in r["prompts"])
+    pair = compare_runs(a, b, ca, cb, 0.7)
+    assert pair["node_overlap"] is None and all(p["node_overlap"] is None for p in pair["prompts"])

@@ -332,3 +332,24 @@ def test_circuit_cards_show_what_tcx_features_read(run, tmp_path):
         done = subprocess.run([os.environ["TCX_CIRCUIT_TRACER_PYTHON"], "-c", check,
                                str(tmp_path / "c" / "features" / scan)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_dictionary_in_another_format_has_its_notes_found_by_circuit_cards(make_cfg, tmp_path):
+    """tcx-features writes `features_<name>.json` beside a file of another format (the paper's
+    pickle); the circuits' cards read their notes from the same place."""
+    from tcx.runs import open_runs
+    from tcx.runs.feature_notes import FeatureNotes
+    from tests.test_runs import copy_of_tiny_mlp, paper_pickle
+
+    path = tmp_path / "final_sparse_autoencoder_tiny_blocks.0.ln2.hook_normalized_256.pt"
+    paper_pickle(path, copy_of_tiny_mlp(make_cfg, 0), model_name="tiny", d_in=64,
+                 hook_point="blocks.0.ln2.hook_normalized", out_hook_point="blocks.0.hook_mlp_out")
+    out = tcx_features(f"dictionaries=[{path}]", "max_tokens=2048", f"hydra.run.dir={tmp_path / 'f'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    (opened,) = open_runs([path]).dictionaries
+    written = opened.features_file()
+    assert written.parent == tmp_path and written.is_file() and written.with_suffix(".html").is_file()
+    doc = json.loads(written.read_text())
+    live = next(f["index"] for f in doc["features"] if not f["dead"])
+    card = FeatureNotes(written).circuit_tracer(live)
+    assert card is not None and card["examples_quantiles"][0]["examples"]

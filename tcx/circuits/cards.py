@@ -28,7 +28,7 @@ class Cards:
         w = rm.weights
         self.replay, self.leaves = invariant_replay(w, dict(rm.replay.skips))
         self.W_V = w.W_V.repeat_interleave(w.n_heads // w.W_V.shape[1], dim=1)  # [layer head d d_head]
-        self.notes = {layer: FeatureNotes(c.source.source) for layer, c in rm.codes.items()}
+        self.notes = {layer: FeatureNotes(c.source.features_file()) for layer, c in rm.codes.items()}
 
     def _token(self, i: int) -> str:
         return self.rm.token_text(i)

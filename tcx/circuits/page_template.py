@@ -59,7 +59,7 @@ function light(el) {
   svg.classList.toggle('focus', el !== null);
 }
 function show(el) {
-  const id = el.dataset.id, n = G.nodes[id], c = G.cards[id];
+  const id = el.dataset.id, n = G.nodes[id], c = G.cards[id.replace(/~\d+$/, '')];  // a path's route: node~k
   light(el);
   card.replaceChildren();
   add(card, 'h3', (c && c.title) || n.clerp || id);

@@ -21,6 +21,7 @@ runs at one layer is written to circuit_quality.json with what differs between t
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from itertools import combinations
 from pathlib import Path
@@ -40,6 +41,8 @@ from tcx.circuits.stability import Circuit, compare, decoder_matches
 from tcx.errors import ConfigError
 from tcx.io import write_json
 from tcx.runs.record import OpenedDictionary
+
+log = logging.getLogger(__name__)
 
 
 def focus(node_influence: Float[Tensor, " node"], candidates: Bool[Tensor, " node"],
@@ -62,6 +65,12 @@ def explained(node_influence: Float[Tensor, " node"], kinds: list[str], layers: 
              for k in ("feature", "error", "pruned")}
     total = sum(share.values())
     return share["feature"] / total if total > 0 else 0.0
+
+
+def mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    """The mean of `key` over the rows that have a value for it (None where none has)."""
+    values = [r[key] for r in rows if r[key] is not None]
+    return sum(values) / len(values) if values else None
 
 
 def ident(d: OpenedDictionary) -> str:
@@ -96,16 +105,20 @@ def score_run(lm, run: OpenedDictionary, context: list[OpenedDictionary], cfg: Q
         per_prompt.append({
             "prompt": prompt, "tokens": len(built.rm.tokens), "target": built.target.label,
             "target_value": built.target.value, "explained": explained(node_influence, kinds, layers, run.layer),
-            "nodes80": int(held.sum()), "replacement": graph_scores["replacement"],
+            "nodes80": int(held.sum()) if held.any() else None,  # None: its features carry nothing to the target
+            "replacement": graph_scores["replacement"],
             "completeness": graph_scores["completeness"],
             "active_features": int(built.rm.codes[run.layer].z.gt(0).sum()),
             "seconds": round(time.perf_counter() - started, 2)})
         circuits.append(Circuit(graph.nodes, graph.adjacency.float(), held))
         if bar is not None:
             bar.update()
-    mean = lambda key: sum(p[key] for p in per_prompt) / len(per_prompt)  # noqa: E731
-    summary = {"circuit_explained": mean("explained"), "circuit_nodes80": mean("nodes80"),
-               "circuit_replacement": mean("replacement"), "circuit_completeness": mean("completeness")}
+    if all(p["nodes80"] is None for p in per_prompt):
+        log.warning("%s: its features carry nothing to the target on any prompt (a target upstream of layer "
+                    "%s, or features that never fire): its circuit scores are left empty", ident(run), run.layer)
+    summary = {"circuit_explained": mean(per_prompt, "explained"), "circuit_nodes80": mean(per_prompt, "nodes80"),
+               "circuit_replacement": mean(per_prompt, "replacement"),
+               "circuit_completeness": mean(per_prompt, "completeness")}
     return {"run": ident(run), "layer": run.layer, "setting": describe(run), **summary,
             "seconds": sum(p["seconds"] for p in per_prompt), "prompts": per_prompt}, circuits
 
@@ -122,10 +135,9 @@ def compare_runs(a: OpenedDictionary, b: OpenedDictionary, ca: list[Circuit], cb
 
     a_to_b, b_to_a = matches(a, b, ca), matches(b, a, cb)
     each = [compare(x, y, layer, a_to_b, b_to_a) for x, y in zip(ca, cb, strict=True)]
-    rhos = [e["edge_rank_correlation"] for e in each if e["edge_rank_correlation"] is not None]
     return {"a": ident(a), "b": ident(b), "layer": layer, "differs": _differs(describe(a), describe(b)),
-            "node_overlap": sum(e["node_overlap"] for e in each) / len(each),
-            "edge_rank_correlation": sum(rhos) / len(rhos) if rhos else None, "prompts": each}
+            "node_overlap": mean(each, "node_overlap"), "edge_rank_correlation": mean(each, "edge_rank_correlation"),
+            "prompts": each}
 
 
 def circuit_quality(cfg: QualityConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -164,7 +176,8 @@ def circuit_quality(cfg: QualityConfig, out_dir: str | Path) -> dict[str, Any]:
                           cfg.match_cosine)
              for a, b in combinations(results, 2) if a["layer"] == b["layer"]]
     for r in results:
-        replicas = [p["node_overlap"] for p in pairs if r["run"] in (p["a"], p["b"]) and list(p["differs"]) == ["seed"]]
+        replicas = [p["node_overlap"] for p in pairs if r["run"] in (p["a"], p["b"]) and list(p["differs"]) == ["seed"]
+                    and p["node_overlap"] is not None]
         if replicas:
             r["circuit_stability"] = sum(replicas) / len(replicas)
     for run, r in zip(runs, results, strict=True):  # a column this scoring has no value for is cleared

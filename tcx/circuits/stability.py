@@ -118,7 +118,7 @@ def compare(a: Circuit, b: Circuit, layer: int, a_to_b: dict[int, int],
     key_a, key_b = _mapper(layer, a_to_b, "a"), _mapper(layer, b_to_a, "b")
     fa, fb = a.focus_nodes(), b.focus_nodes()
     hits = sum(key_a(n) in fb for n in fa) + sum(key_b(n) in fa for n in fb)
-    overlap = hits / (len(fa) + len(fb)) if fa or fb else 1.0
+    overlap = hits / (len(fa) + len(fb)) if fa or fb else None  # neither carries anything: no overlap to measure
     # the union of edges, in b's terms (a's unmatched features keep their own keys)
     pairs = list(dict.fromkeys([(key_a(s), key_a(d)) for s, d in a.focus_edges] + b.focus_edges))
     rho = rank_correlation(_weights(a, key_a, pairs), _weights(b, lambda n: n, pairs))

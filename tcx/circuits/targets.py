@@ -47,7 +47,7 @@ def one_token(rm: ReplacementModel, token: str | int, key: str) -> int:
     ids = rm.lm.encode(token)
     if len(ids) != 1:
         pieces = [rm.token_text(i) for i in ids]
-        raise ConfigError(f"circuit.target.{key}='{token}' is {len(ids)} tokens ({pieces}), not one: give "
+        raise ConfigError(f"target.{key}='{token}' is {len(ids)} tokens ({pieces}), not one: give "
                           "a string that is a single token (mind the leading space), or '#<id>'.")
     return ids[0]
 
@@ -56,10 +56,10 @@ def _position(rm: ReplacementModel, pos: int | str, key: str = "pos") -> int:
     try:
         p = int(pos)
     except (TypeError, ValueError):
-        raise ConfigError(f"circuit.target.{key}={pos!r} is not a position (an integer; 'mean' only for "
+        raise ConfigError(f"target.{key}={pos!r} is not a position (an integer; 'mean' only for "
                           "target.kind=direction).") from None
     if not -rm.n_pos <= p < rm.n_pos:
-        raise ConfigError(f"circuit.target.{key}={pos} is outside the prompt's {rm.n_pos} tokens.")
+        raise ConfigError(f"target.{key}={pos} is outside the prompt's {rm.n_pos} tokens.")
     return p % rm.n_pos
 
 
@@ -74,7 +74,7 @@ def logit_target(rm: ReplacementModel, token: str | int | None, other: str | int
     """`token=None`: the model's own top prediction at `pos`."""
     w = rm.weights
     if w.W_U is None:
-        raise ConfigError(f"{rm.lm.spec.name} has no language-model head: use circuit.target.kind=direction "
+        raise ConfigError(f"{rm.lm.spec.name} has no language-model head: use target.kind=direction "
                           "(a probe) or feature.")
     p = _position(rm, pos)
     bias = w.b_U if w.b_U is not None else torch.zeros(w.W_U.shape[1], dtype=rm.dtype)
@@ -92,11 +92,11 @@ def logit_target(rm: ReplacementModel, token: str | int | None, other: str | int
 
 def feature_target(rm: ReplacementModel, layer: int, index: int, pos: int | str) -> Target:
     if layer not in rm.codes:
-        raise ConfigError(f"circuit.target.layer={layer} has no transcoder (transcoders cover layers "
+        raise ConfigError(f"target.layer={layer} has no transcoder (transcoders cover layers "
                           f"{sorted(rm.codes)}).")
     c = rm.codes[layer]
     if not 0 <= index < c.z.shape[1]:
-        raise ConfigError(f"circuit.target.index={index} is out of range: layer {layer}'s transcoder has "
+        raise ConfigError(f"target.index={index} is out of range: layer {layer}'s transcoder has "
                           f"{c.z.shape[1]} features.")
     p = _position(rm, pos)
     if c.z[p, index] == 0:
@@ -113,7 +113,7 @@ def load_direction(path: str | Path) -> tuple[Tensor, float]:
     """A probe: a vector in a .pt/.npy/.safetensors file (tensor, or `direction`/`weight` + `bias`)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"circuit.target.path={path}: no such file.")
+        raise ConfigError(f"target.path={path}: no such file.")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -126,7 +126,7 @@ def load_direction(path: str | Path) -> tuple[Tensor, float]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ConfigError(f"circuit.target.path={path} could not be read as a probe ({e}).") from e
+        raise ConfigError(f"target.path={path} could not be read as a probe ({e}).") from e
     bias = 0.0
     if isinstance(obj, dict):
         vec = next((obj[k] for k in ("direction", "weight", "w") if k in obj), None)
@@ -141,9 +141,10 @@ def load_direction(path: str | Path) -> tuple[Tensor, float]:
 
 def direction_target(rm: ReplacementModel, path: str | Path, hook: str | None, pos: int | str) -> Target:
     hook = hook or f"blocks.{rm.n_layers - 1}.hook_out"
-    if hook not in rm.hooks:
-        raise ConfigError(f"circuit.target.hook='{hook}' is not a hook the frozen replay of "
-                          f"{rm.lm.spec.name} computes; it computes e.g. {rm.hooks[-4:]}.")
+    if hook not in rm.hooks or hook not in rm.cache:  # (the replay also names a pre-norm model's MLP input,
+        readable = [h for h in rm.hooks if h in rm.cache]  # which the model itself has no hook for)
+        raise ConfigError(f"target.hook='{hook}' is not a hook the frozen replay of "
+                          f"{rm.lm.spec.name} computes and the model records; e.g. {readable[-4:]}.")
     vec, bias = load_direction(path)
     act = rm.cache[hook][0]
     if vec.numel() != act.shape[-1]:

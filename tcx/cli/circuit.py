@@ -51,7 +51,7 @@ def circuit(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="circuit_quality")
 @report_errors
 def quality(cfg: DictConfig) -> None:
-    from tcx.circuits.quality import circuit_quality
+    from tcx.circuits.quality import circuit_quality, mean
     from tcx.compare.table import as_text
 
     settings = validated(cfg, ("target", "prune"))
@@ -67,7 +67,6 @@ def quality(cfg: DictConfig) -> None:
         groups: dict[str, list[dict]] = {}
         for p in doc["pairs"]:
             groups.setdefault(" + ".join(p["differs"]) or "nothing", []).append(p)
-        mean = lambda ps, k: sum(p[k] for p in ps if p[k] is not None) / max(1, sum(p[k] is not None for p in ps))  # noqa: E731
         print(f"\npairs of runs at one layer, by what differs (features matched by decoder cosine >= "
               f"{doc['match_cosine']}; every pair is in circuit_quality.json):")
         print(as_text([{"differs": k, "pairs": len(ps), "node_overlap": mean(ps, "node_overlap"),

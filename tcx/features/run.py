@@ -77,16 +77,13 @@ def read_features(paths: list[str | Path], settings: FeaturesConfig, features: l
     for d, r, s in zip(dicts, readers, scorers, strict=True):
         doc = report(d, r, s, maps, lm, read[:, valid], test[:, valid], settings, features)
         doc["throughput"] = {k: results[k] for k in ("tokens", "seconds", "tokens_per_second")}
-        if d.format == "tcx":
-            where, suffix = d.source, "_selected" if features else ""
-            if not features:
-                metrics_file.update(where, {k: doc["summary"][k] for k in SCORE_KEYS})
-        else:
-            where, suffix = Path(out_dir) if out_dir else d.source.parent, f"_{d.name}{'_selected' if features else ''}"
+        path = d.features_file(out_dir, selected=bool(features))
+        if d.format == "tcx" and not features:
+            metrics_file.update(d.source, {k: doc["summary"][k] for k in SCORE_KEYS})
         text = json.dumps(doc, separators=(",", ":"))  # compact: tens of MB at 24k features
-        write_text(where / f"features{suffix}.json", text)
-        write_page(doc, text, where / f"features{suffix}.html")
+        write_text(path, text)
+        write_page(doc, text, path.with_suffix(".html"))
         results["dictionaries"][str(d.source) if d.format == "tcx" else d.name] = doc["summary"]
-        results["written"] += [str(where / f"features{suffix}.json"), str(where / f"features{suffix}.html")]
+        results["written"] += [str(path), str(path.with_suffix(".html"))]
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the pages included
     return results

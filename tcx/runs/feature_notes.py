@@ -14,8 +14,9 @@ log = logging.getLogger(__name__)
 
 
 class FeatureNotes:
-    def __init__(self, source: Path, examples: int = 5):
-        self.path, self.examples = Path(source) / "features.json", examples
+    def __init__(self, path: Path, examples: int = 5):
+        """`path`: the dictionary's features.json (`OpenedDictionary.features_file()`)."""
+        self.path, self.examples = Path(path), examples
 
     @cached_property
     def _doc(self) -> dict[str, Any] | None:

@@ -59,6 +59,15 @@ class OpenedDictionary:
         stem = self.source.stem if self.source.is_file() else self.source.name
         return stem if self.format == "tcx" or self.layer is None else f"{stem}-L{self.layer}"
 
+    def features_file(self, out_dir: str | Path | None = None, selected: bool = False) -> Path:
+        """Where `tcx-features` writes this dictionary's features.json (and circuits' cards read it):
+        a tcx run's own folder; for another format, `features_<name>.json` beside its file or folder
+        (or in `out_dir`), since that folder is not ours to write into."""
+        tag = "_selected" if selected else ""
+        if self.format == "tcx":
+            return self.source / f"features{tag}.json"
+        return (Path(out_dir) if out_dir else self.source.parent) / f"features_{self.name}{tag}.json"
+
     @property
     def placed(self) -> Placed:
         return Placed(self.dictionary.eval(), self.input_hook, self.target_hook)
