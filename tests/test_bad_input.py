@@ -34,10 +34,11 @@ def test_layer_out_of_range_names_n_layers(make_cfg, tmp_path):
     ("dictionary.d_sae=0", "dictionary.d_sae"),
     ("+dictionary.encoder_init_norm=0", "dictionary.encoder_init_norm"),
     ("+dictionary.l1_coef=0.1", "dictionary.l1_coef"),
+    ("dictionary=batchtopk dictionary.threshold_momentum=1.5", "dictionary.threshold_momentum"),
 ])
 def test_bad_dictionary_values_name_the_key(make_cfg, tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        train(make_cfg(override), tmp_path)
+        train(make_cfg(*override.split()), tmp_path)
 
 
 def test_a_bank_member_field_is_checked_against_its_kind(make_cfg, tmp_path):
@@ -101,6 +102,18 @@ def test_missing_corpus_file(make_cfg, tmp_path):
 def test_empty_corpus(make_cfg, tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(CorpusError, match=r"empty or too small"):
+        train(make_cfg("data=text-files", f"data.paths=[{tmp_path}/*.txt]"), tmp_path / "run")
+
+
+def test_a_corpus_held_out_whole_says_so(make_cfg, tmp_path):
+    """One short document whose hash sends it to the held-out side: the error says that, not that
+    the corpus is too small."""
+    from tcx.data.windows import heldout_pieces
+
+    text = next(t for t in (f"def f{i}(x):\n    return x * {i}\n" * 4 for i in range(1000))
+                if heldout_pieces(t, 1, 20)[0])
+    (tmp_path / "one.txt").write_text(text)
+    with pytest.raises(CorpusError, match=r"leaves 0 tokens to train on.*were held out.*holdout_every=20; raise"):
         train(make_cfg("data=text-files", f"data.paths=[{tmp_path}/*.txt]"), tmp_path / "run")
 
 

@@ -196,7 +196,11 @@ def test_path_search_is_exact_and_leaves_no_remainder_when_it_keeps_every_branch
             totals[parent] = totals.get(parent, 0.0) + v
         for parent, total in totals.items():
             assert abs(total - graph.values[parent]) < 1e-9
-        assert abs(graph.values[(root,)] - target.value) < 1e-12
+    # and the root's children add up to the model's own logit difference, from a clean forward
+    logits = lm.bridge(rm.tokens[None])[0, -1]
+    a, b = lm.encode("a")[0], lm.encode("b")[0]
+    children = sum(v for (_child, parent), v in full.edges.items() if parent == (root,))
+    assert abs(children + target.constant - float(logits[a] - logits[b])) < 1e-9
 
 
 def llama(directory):

@@ -140,6 +140,7 @@ def test_callbacks_come_from_their_group_each_switchable(make_cfg, tmp_path):
     from tcx.training.callbacks import AuxK, DeadFeatures, HeldOutEvaluation, MemberLogs, MemberOutputs, Resample
     from tcx.training.callbacks.progress import ProgressBar
     from tcx.training.members import plan_members
+    from tcx.training.preemption import CheckpointOnSignal
     from tcx.training.run import make_callbacks
 
     windows = TokenWindows(torch.zeros(4, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long), 1, 0)
@@ -148,7 +149,8 @@ def test_callbacks_come_from_their_group_each_switchable(make_cfg, tmp_path):
         cfg = make_cfg(*overrides)
         members, _ = plan_members(cfg, tmp_path)
         callbacks, _ = make_callbacks(cfg, OmegaConf.to_object(cfg.trainer), members, windows, {}, tmp_path)
-        return [type(c) for c in callbacks]
+        assert type(callbacks[-1]) is CheckpointOnSignal  # after the group's: it saves their work, then exits
+        return [type(c) for c in callbacks[:-1]]
 
     machinery = [DeadFeatures, None, MemberLogs, MemberOutputs]
     default = built("trainer.progress_bar=true")

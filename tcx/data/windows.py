@@ -191,9 +191,12 @@ def _tokenise(corpus: Corpus, lm: LanguageModel, need: dict[str, int], sides: Ca
                 break
     trained_on = "train" if "train" in need else "all"
     if need[trained_on] and len(streams[trained_on]) // body < 2:
-        n = sum(len(s) for s in streams.values())
-        raise CorpusError(f"data={corpus.name} holds {n} tokens, fewer than two windows of {body} "
-                          "to train on: the corpus is empty or too small.")
+        n, kept = sum(len(s) for s in streams.values()), len(streams[trained_on])
+        held = (f" ({n - kept} more were held out: documents go there by a hash of their text, 1 in "
+                f"data.holdout_every={corpus.holdout_every}; raise it, or give the corpus more text)"
+                if n > kept else "")
+        raise CorpusError(f"data={corpus.name} leaves {kept} tokens to train on, fewer than two windows of "
+                          f"{body}{held}: the corpus is empty or too small.")
     return {name: _cut(stream, body, lm.prefix_ids, lm.suffix_ids) for name, stream in streams.items()}, complete
 
 
