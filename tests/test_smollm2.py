@@ -61,9 +61,9 @@ def test_the_mlp_hooks_are_the_mlp_input_and_output(smollm2):
 
 def test_train_two_layers_and_evaluate_next_token_ce_jointly(make_cfg, tmp_path, smollm2):
     runs = []
-    for layer in (1, 2):
-        overrides = ["model=smollm2-q4", f"layer={layer}", "trainer.max_tokens=4096", "trainer.eval_tokens=512",
-                     "dictionary.l1_coeff=1.0"]
+    for layer in (1, 2):  # (the converted model where the fixture put it, not in the tests' cache_dir)
+        overrides = ["model=smollm2-q4", f"model.cache_dir='{smollm2[0].cache_dir}'", f"layer={layer}",
+                     "trainer.max_tokens=4096", "trainer.eval_tokens=512", "dictionary.l1_coeff=1.0"]
         final = train(make_cfg(*overrides), tmp_path / f"L{layer}")
         assert final["main"]["fidelity_metric"] == "next_token_ce" and final["main"]["l0"] > 1
         runs.append(tmp_path / f"L{layer}")
@@ -94,6 +94,18 @@ def test_next_token_logprobs_with_shared_early_blocks_are_those_of_running_every
     assert len(calls) == 1  # block 14 ran in the first of the three runs only
     assert all(torch.equal(a, s) for a, s in zip([*alone, alone[1]], shared, strict=True))
     assert not torch.equal(alone[0], alone[1])
+
+
+def test_the_converted_model_goes_under_the_runs_cache_dir(make_cfg, tmp_path):
+    """`cache_dir=` moves every cache of a run, the converted SmolLM2 folder (538 MB) included;
+    `model.cache_dir=` moves that one alone; a model YAML read on its own still resolves."""
+    from tcx.runs.open import model_config_named
+
+    spec = lambda *o: build_node(make_cfg("model=smollm2-q4", *o).model, "model")  # noqa: E731
+    assert spec(f"cache_dir={tmp_path}").cache_dir == str(tmp_path)
+    assert spec(f"cache_dir={tmp_path}", "model.cache_dir=/elsewhere").cache_dir == "/elsewhere"
+    alone = build_node(model_config_named("smollm2-q4"), "model")
+    assert alone.cache_dir == os.environ.get("TCX_CACHE_DIR", "~/.cache/tcx")
 
 
 def test_a_layer_past_the_last_is_refused(make_cfg, tmp_path):

@@ -64,7 +64,9 @@ def model_config_named(name: str) -> dict[str, Any]:
     """The conf/model/ node whose `name` or hub `path` is `name` (SAELens says `gpt2`, tcx `gpt2-small`)."""
     options = sorted(Path(CONF_DIR, "model").glob("*.yaml"))
     for option in options:
-        node = OmegaConf.to_container(OmegaConf.load(option))
+        # resolved inside a root, as a composed config holds it: a key that reads the run's
+        # (`${oc.select:cache_dir,...}`) would otherwise read itself
+        node = OmegaConf.to_container(OmegaConf.create({"model": OmegaConf.load(option)}).model, resolve=True)
         if name in (node.get("name"), node.get("path"), option.stem):
             return node
     raise ConfigError(f"model '{name}' is not one tcx knows (conf/model/ has "
