@@ -18,6 +18,11 @@ def tensors_digest(tensors: Iterable[torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def json_digest(value) -> str:
+    """sha256 of a JSON-able value (keys sorted; anything else by its str), 16 hex digits."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def key_digest(key) -> str:
     """sha256 of a key dataclass's fields, 16 hex digits: a cache folder's or file's name."""
-    return hashlib.sha256(json.dumps(asdict(key), sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(asdict(key))

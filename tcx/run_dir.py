@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 OUTPUTS = ("checkpoints", "logs", "wandb", "config.yaml", "metrics.json", "eval.json", "error.json",
@@ -15,6 +16,21 @@ MACHINERY = ("checkpoints", "logs", "wandb")
 SET_ASIDE = (".", "old-")
 """Prefixes of folders that hold no live run: hidden ones, and the `old-<time>/` that `resume=false`
 moves an earlier run into (kept whole, never read as a run again)."""
+
+
+_NAME_CHARS = "A-Za-z0-9_.,=+-"
+"""What a bank member's folder name is made of."""
+
+
+def folder_name(text: str) -> str:
+    """`text` (a member's settings, say) as a member's folder name: other characters become `_`."""
+    return re.sub(f"[^{_NAME_CHARS}]", "_", text)
+
+
+def is_member_name(name: str) -> bool:
+    """A plain folder of the run dir: its characters, not set aside, none of the run's own names."""
+    return bool(re.fullmatch(f"[A-Za-z0-9_][{_NAME_CHARS}]*", name)) and not name.startswith(SET_ASIDE) \
+        and name not in OUTPUTS
 
 
 def is_set_aside(path: Path, below: Path | None = None) -> bool:

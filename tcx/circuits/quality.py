@@ -176,10 +176,9 @@ def circuit_quality(cfg: QualityConfig, out_dir: str | Path) -> dict[str, Any]:
                           cfg.match_cosine)
              for a, b in combinations(results, 2) if a["layer"] == b["layer"]]
     for r in results:
-        replicas = [p["node_overlap"] for p in pairs if r["run"] in (p["a"], p["b"]) and list(p["differs"]) == ["seed"]
-                    and p["node_overlap"] is not None]
-        if replicas:
-            r["circuit_stability"] = sum(replicas) / len(replicas)
+        replicas = [p for p in pairs if r["run"] in (p["a"], p["b"]) and list(p["differs"]) == ["seed"]]
+        if (stability := mean(replicas, "node_overlap")) is not None:
+            r["circuit_stability"] = stability
     for run, r in zip(runs, results, strict=True):  # a column this scoring has no value for is cleared
         if run.format == "tcx" and metrics_file.exists(run.source):
             metrics_file.update(run.source, {k: r.get(k) for k in QUALITY_COLUMNS})

@@ -11,14 +11,13 @@ branch in the code. Each kind of model is one module holding its spec subclass a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from omegaconf import MISSING
 
+from tcx.digest import json_digest
 from tcx.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -80,8 +79,7 @@ class ModelSpec:
         activations and evaluation baselines key on it beside the weights' digest: some settings
         change the forward pass and not the weights (a native model's `act_fn`, the windows'
         special tokens, the sites)."""
-        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in _WHERE_FILES_ARE}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return json_digest({k: v for k, v in dataclasses.asdict(self).items() if k not in _WHERE_FILES_ARE})
 
 
 _WHERE_FILES_ARE = ("cache_dir", "refetch")

@@ -13,6 +13,7 @@ import re
 import sys
 from typing import Any
 
+from tcx.run_dir import folder_name
 from tcx.sweeps.spec import SweepSpec
 
 
@@ -47,7 +48,7 @@ def member(point: dict[str, Any]) -> dict[str, Any]:
     for key, value in point.items():
         entry["dictionary" if key == "dictionary" else key.removeprefix("dictionary.")] = value
     name = "-".join(f"{k.removeprefix('dictionary.')}={v}" if k != "dictionary" else str(v) for k, v in point.items())
-    entry["name"] = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)  # a folder of the run dir
+    entry["name"] = folder_name(name)
     return entry
 
 

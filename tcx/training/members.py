@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tcx.config import build_node, compose_train
 from tcx.dictionaries.base import DictionaryConfig
 from tcx.errors import ConfigError
-from tcx.run_dir import MACHINERY, OUTPUTS, SET_ASIDE
+from tcx.run_dir import OUTPUTS, folder_name, is_member_name
 
 
 def module_key(name: str) -> str:
@@ -73,8 +73,7 @@ class Member:
 
 
 def _member_name(overrides: dict[str, Any]) -> str:
-    name = ",".join(f"{k}={v}" for k, v in overrides.items()) or "base"
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+    return folder_name(",".join(f"{k}={v}" for k, v in overrides.items()) or "base")
 
 
 def group_option(group: str, name: str, experiment: str | None = None) -> DictConfig:
@@ -119,8 +118,7 @@ def plan_members(cfg: DictConfig, run_dir: Path) -> tuple[list[Member], dict[Pat
     members, failures, seen = [], {}, set()
     for i, overrides in enumerate(entries):
         name = str(overrides.pop("name", None) or _member_name(overrides))
-        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*", name) or name in (*OUTPUTS, *MACHINERY) \
-                or name.startswith(SET_ASIDE):
+        if not is_member_name(name):
             raise ConfigError(f"bank[{i}].name '{name}' cannot be a member's folder in the run dir: use "
                               "letters, digits and _ . , = + - (not starting with '.' or 'old-'), and "
                               f"none of the run's own names ({', '.join(OUTPUTS)}).")

@@ -78,10 +78,9 @@ def _defaults(target) -> dict[str, object]:
             target = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError, ValueError):  # a class gone since: the saved keys alone
             return {}
-    cls = target
-    if cls is None or not dataclasses.is_dataclass(cls):
+    if not dataclasses.is_dataclass(target):
         return {}
-    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    return {f.name: f.default for f in dataclasses.fields(target) if f.default is not dataclasses.MISSING}
 
 
 def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
