@@ -32,7 +32,7 @@ def test_layer_out_of_range_names_n_layers(make_cfg, tmp_path):
     ("dictionary.l1_coeff=abc", "dictionary.l1_coeff"),
     ("dictionary.expansion_factor=-2", "dictionary.expansion_factor"),
     ("dictionary.d_sae=0", "dictionary.d_sae"),
-    ("+dictionary.encoder_init_norm=0", "dictionary.encoder_init_norm"),
+    ("dictionary.encoder_init_norm=0", "dictionary.encoder_init_norm"),
     ("+dictionary.l1_coef=0.1", "dictionary.l1_coef"),
     ("dictionary=batchtopk dictionary.threshold_momentum=1.5", "dictionary.threshold_momentum"),
 ])
@@ -42,8 +42,8 @@ def test_bad_dictionary_values_name_the_key(make_cfg, tmp_path, override, key):
 
 
 def test_a_bank_member_field_is_checked_against_its_kind(make_cfg, tmp_path):
-    """A misspelt field fails that member alone, naming it and the kind's fields; a field its YAML
-    leaves to the dataclass default (normalize) may still be set."""
+    """A misspelt field fails that member alone, naming it and the kind's fields; a correct one
+    (normalize) is set."""
     from tcx.training.members import plan_members
 
     members, failures = plan_members(make_cfg("bank=[{normalize: false, name: raw}, {l1_coef: 1.0, name: typo},"
@@ -196,11 +196,11 @@ def test_a_key_left_out_counts_as_its_default_on_resume(make_cfg, tmp_path):
 
     from tcx.training.run import check_resume_config
     OmegaConf.save(make_cfg("dictionary=topk", "~dictionary.aux_straight_through"), tmp_path / "config.yaml")
-    check_resume_config(tmp_path, make_cfg("dictionary=topk", "+dictionary.normalize=true"))
+    check_resume_config(tmp_path, make_cfg("dictionary=topk", "dictionary.normalize=true"))
     with pytest.raises(ConfigError, match=r"`dictionary\.aux_straight_through` \(True, now False\)"):
         check_resume_config(tmp_path, make_cfg("dictionary=topk", "dictionary.aux_straight_through=false"))
     with pytest.raises(ConfigError, match=r"`dictionary\.normalize` \(True, now False\)"):
-        check_resume_config(tmp_path, make_cfg("dictionary=topk", "+dictionary.normalize=false"))
+        check_resume_config(tmp_path, make_cfg("dictionary=topk", "dictionary.normalize=false"))
 
 
 def test_resume_refuses_a_trainer_setting_that_changes_what_is_trained(make_cfg, tmp_path):

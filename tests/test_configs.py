@@ -92,6 +92,27 @@ def test_yaml_defaults_and_dataclass_defaults_agree():
     assert not found, "\n".join(found)
 
 
+@pytest.mark.parametrize("group, may_leave_out", [
+    ("dictionary", set()),
+    ("data", set()),
+    # what only another kind of model has: a causal LM closes no window and has no sentence embedding
+    ("model", {"suffix_token", "embedding_hook", "package"}),
+])
+def test_a_group_yaml_lists_every_field_a_run_may_set(group, may_leave_out):
+    """Hydra refuses `dictionary.normalize=false` when the YAML lacks the key (it wants `+`): every
+    field of an option's dataclass is in its YAML, so each is set the same way."""
+    import dataclasses
+
+    from hydra.utils import get_class
+
+    missing = []
+    for path in sorted((Path(CONF_DIR) / group).glob("*.yaml")):
+        node = OmegaConf.load(path)
+        fields = {f.name for f in dataclasses.fields(get_class(node["_target_"]))}
+        missing += [f"{group}/{path.name} lacks `{name}`" for name in sorted(fields - set(node) - may_leave_out)]
+    assert not missing, "\n".join(missing)
+
+
 def test_model_specs_saved_under_their_old_module_still_build(make_cfg):
     """Each model kind is one module (hub, embedded, gguf, native); run dirs written before that name
     `tcx.models.spec.<Kind>Spec` in their config.yaml and must still open."""
