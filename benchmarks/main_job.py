@@ -16,6 +16,7 @@ first run would (benchmarks/cold.py).
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -62,7 +63,15 @@ def run(sparse: str, overrides: list[str], out: Path, tree: Path = REPO, cold: b
 
 
 def main() -> None:
-    mode, overrides = sys.argv[1], sys.argv[2:]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="e.g. python benchmarks/main_job.py cache trainer.max_tokens=500000")
+    parser.add_argument("mode", choices=["steps", "cache", "commit", "bf16"])
+    parser.add_argument("overrides", nargs=argparse.REMAINDER,
+                        help="tcx-train overrides for every run; with commit, the commit first")
+    args = parser.parse_args()
+    mode, overrides = args.mode, args.overrides
+    if mode == "commit" and not overrides:
+        parser.error("commit needs the commit to compare with: python benchmarks/main_job.py commit HEAD~1")
     runs: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp, baselines_aside():
         if mode == "commit":  # that commit's tree, then this one's
@@ -79,7 +88,7 @@ def main() -> None:
         elif mode == "steps":
             runs["dense steps (before)"] = run("0", overrides, Path(tmp) / "dense")
             runs["sparse steps (default)"] = run("auto", overrides, Path(tmp) / "sparse")
-        else:
+        else:  # cache
             cache = CACHE / "activations"
             before = set(cache.glob("*"))
             runs["live"] = run("auto", overrides, Path(tmp) / "live")

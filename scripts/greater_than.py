@@ -150,9 +150,19 @@ def ablate(lm: Any, task: Task, run_dir: str, features: list[int]) -> dict[str, 
             "control_features": control, "control": metrics(run(lm, task, hooks(control)), task)}
 
 
+OPTIONS = ("model", "n", "seed", "tens")
+
+
+def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """`key=value` options (the known keys only: a member folder, `<sweep>/0/layer=0`, has '=' in it
+    too) and the positional arguments."""
+    is_opt = [a.split("=", 1)[0] in OPTIONS for a in argv]
+    return (dict(a.split("=", 1) for a, o in zip(argv, is_opt, strict=True) if o),
+            [a for a, o in zip(argv, is_opt, strict=True) if not o])
+
+
 def main(argv: list[str]) -> None:
-    opts = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
-    args = [a for a in argv[1:] if "=" not in a]
+    opts, args = parse(argv[1:])
     if not args:
         sys.exit(__doc__)
     lm = load(opts.get("model", "smollm2-q4"))

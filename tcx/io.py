@@ -63,12 +63,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _mode_of(path, 0o666))
-    finally:
-        os.close(fd)
+    mode = _mode_of(path, 0o666)
+    os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, mode)  # after the writer: safetensors' save_file makes its own file, owner-only
         os.replace(tmp, path)
     except BaseException as e:
         full = isinstance(e, Exception) and _out_of_space(e, path.parent)
@@ -101,6 +100,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path) as f:
         f.write(text)
+
+
+def save_tensors(tensors: dict[str, Any], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file, written atomically with the permissions a plain write would leave."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 @contextlib.contextmanager

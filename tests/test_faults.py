@@ -345,7 +345,7 @@ def test_atomic_writes_leave_the_permissions_a_plain_write_would(tmp_path):
     exported folder would be unreadable to the colleagues it is for."""
     import stat
 
-    from tcx.io import _UMASK, atomic_dir, write_text
+    from tcx.io import _UMASK, atomic_dir, save_tensors, write_text
 
     mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
     write_text(tmp_path / "a.json", "{}")
@@ -354,6 +354,9 @@ def test_atomic_writes_leave_the_permissions_a_plain_write_would(tmp_path):
     (tmp_path / "a.json").chmod(0o640)  # an existing file keeps its own, as open(path, "w") does
     write_text(tmp_path / "a.json", "[]")
     assert mode(tmp_path / "a.json") == 0o640
+    # safetensors' writer makes its own file, owner-only: dictionaries, exports, graphs, SmolLM2's weights
+    save_tensors({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+    assert mode(tmp_path / "w.safetensors") == 0o666 & ~_UMASK
     with atomic_dir(tmp_path / "export") as folder:
         (folder / "cfg.json").write_text("{}")
     (tmp_path / "plain").mkdir()

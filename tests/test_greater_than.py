@@ -36,6 +36,12 @@ def test_metric_on_hand_made_probabilities():
     assert m["logit_diff"] == pytest.approx(0.0)  # logit(3)-logit(2) and logit(5)-logit(4) are both 0
 
 
+def test_a_member_folder_with_an_equals_sign_is_an_argument_not_an_option():
+    """The README's `ablate <sweep dir>/0/layer=0 1738,343 tens=3 n=400` (tcx names members key=value)."""
+    opts, args = gt.parse(["ablate", "out/0/layer=0", "1738,343", "tens=3", "n=400"])
+    assert args == ["ablate", "out/0/layer=0", "1738,343"] and opts == {"tens": "3", "n": "400"}
+
+
 def test_ablating_every_feature_of_a_copied_mlp_leaves_only_its_bias(make_cfg, tmp_path):
     cfg = make_cfg()
     run = place(cfg, tmp_path / "copy", copy_mlp, d_sae=256)

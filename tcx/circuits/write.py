@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from tcx.circuits.graph import AttributionGraph
 from tcx.circuits.nodes import FEATURE_TYPE, Node
 from tcx.circuits.paths import PathGraph
-from tcx.io import atomic_path
+from tcx.io import save_tensors, write_text
 
 SCHEMA_QPARAMS = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
 
@@ -84,8 +83,7 @@ def write_feature_files(doc: dict[str, Any], notes: dict[int, Any], out_dir: Pat
         card = notes[layer].circuit_tracer(index) if layer in notes else None
         if card is not None:
             path = out_dir / "features" / doc["metadata"]["scan"] / f"{node['feature']}.json"
-            with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps(card))
+            write_text(path, json.dumps(card))
             written.append(path)
     return written
 
@@ -95,9 +93,8 @@ def write_tensors(graph: AttributionGraph, path: Path) -> None:
     table = torch.tensor([[kinds.index(nd.kind), -9 if nd.layer is None else nd.layer,
                            -1 if nd.pos is None else nd.pos, -1 if nd.index is None else nd.index]
                           for nd in graph.nodes], dtype=torch.long)
-    with atomic_path(path) as tmp:
-        save_file({"adjacency": graph.adjacency.contiguous(), "activations": graph.activations.contiguous(),
-                   "nodes": table},
-                  str(tmp), metadata={"kinds": json.dumps(kinds), "columns": "kind,layer,pos,index",
-                                      "node_ids": json.dumps([nd.node_id(graph.n_layers) for nd in graph.nodes]),
-                                      "rows": "target node, columns: source node"})
+    save_tensors({"adjacency": graph.adjacency.contiguous(), "activations": graph.activations.contiguous(),
+                  "nodes": table},
+                 path, metadata={"kinds": json.dumps(kinds), "columns": "kind,layer,pos,index",
+                                 "node_ids": json.dumps([nd.node_id(graph.n_layers) for nd in graph.nodes]),
+                                 "rows": "target node, columns: source node"})

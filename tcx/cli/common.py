@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 from collections.abc import Callable
 
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tcx.config import CONF_DIR  # noqa: F401 - the entry points' config root
 from tcx.errors import ConfigError, TcxError
+from tcx.sweeps.plan import quoted
 
 
 def validated(cfg: DictConfig, nested: tuple[str, ...] = ()):
@@ -25,6 +27,22 @@ def validated(cfg: DictConfig, nested: tuple[str, ...] = ()):
         return OmegaConf.to_object(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+_OVERRIDE = re.compile(r"^([+~]{0,2}[\w.@/-]+)=(.*)$", re.DOTALL)
+
+
+def quote_paths(argv: list[str]) -> list[str]:
+    """Quote an override's value that has '=' in it, which Hydra's grammar refuses unquoted: bank and
+    sweep members live in folders named `l1_coeff=0.3`, and `run=<sweep>/0/l1_coeff=0.3` should open
+    one as typed (or tab-completed). Lists, dicts and quoted values are left as they are."""
+    out = []
+    for arg in argv:
+        m = _OVERRIDE.match(arg)
+        if m and "=" in m[2] and not m[2].startswith(("[", "{", "'", '"')):
+            arg = f"{m[1]}={quoted(m[2])}"
+        out.append(arg)
+    return out
 
 
 def report_errors(fn: Callable) -> Callable:

@@ -3,14 +3,17 @@
     tcx-eval run=outputs/train/2026-11-25/15-02-11_minilm-L3-mlp_in-to-mlp_out
     tcx-eval 'dictionaries=[runs/layer0, runs/layer1]'     # spliced together: joint numbers
     tcx-eval run=exports/saelens-L3                          # any folder tcx reads (tcx.runs.formats)
+    tcx-eval run=outputs/multirun/<date>/<time>/0/l1_coeff=3.0   # a member: its '=' is quoted for Hydra
 """
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from tcx.cli.common import CONF_DIR, report_errors
+from tcx.cli.common import CONF_DIR, quote_paths, report_errors
 from tcx.config import register_configs
 
 register_configs()
@@ -21,7 +24,7 @@ COLUMNS = ["l0", "fvu", "cos", "unfired_fraction", "dense_fraction", "loss_clean
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 @report_errors
-def main(cfg: DictConfig) -> None:
+def evaluate_app(cfg: DictConfig) -> None:
     from tcx.evaluation.run import evaluate
 
     paths = ([cfg.run] if cfg.run else []) + list(cfg.dictionaries)
@@ -40,6 +43,11 @@ def main(cfg: DictConfig) -> None:
               f"recovered_zero {joint['recovered_zero']:.4f}  recovered_mean {joint['recovered_mean']:.4f}")
     for path in results["written"]:
         print(f"wrote {path}")
+
+
+def main() -> None:
+    sys.argv = [sys.argv[0], *quote_paths(sys.argv[1:])]
+    evaluate_app()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tcx.cli.common import CONF_DIR, report_errors, validated
+from tcx.cli.common import CONF_DIR, quote_paths, report_errors, validated
 from tcx.config import register_configs
 from tcx.errors import ConfigError
 
@@ -67,9 +67,10 @@ def main() -> None:
     if command == "score":
         score(sys.argv[2:])
     elif command == "study":
-        sys.argv = [sys.argv[0], *sys.argv[2:]]
+        sys.argv = [sys.argv[0], *quote_paths(sys.argv[2:])]
         study()
     else:
+        sys.argv = [sys.argv[0], *quote_paths(sys.argv[1:])]
         features()
 
 

@@ -19,12 +19,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from tcx.config import build_node
 from tcx.dictionaries.base import Dictionary
 from tcx.errors import CheckpointError, ConfigError
-from tcx.io import atomic_path, write_json
+from tcx.io import save_tensors, write_json
 
 WEIGHTS, META = "dictionary.safetensors", "dictionary.json"
 Units = Literal["model", "normalised"]
@@ -60,8 +60,7 @@ def save_dictionary(dictionary: Dictionary, directory: str | Path, meta: dict[st
             "normalisation": {"input_scale": float(dictionary.input_scale),
                               "target_scale": float(dictionary.target_scale)}}
     state = {k: v.detach().cpu().contiguous() for k, v in folded.state_dict().items()}
-    with atomic_path(directory / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
+    save_tensors(state, directory / WEIGHTS)
     write_json(directory / META, info)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from tcx.errors import ModelLoadError
-from tcx.io import atomic_dir
+from tcx.io import atomic_dir, save_tensors
 from tcx.models.embedded import sha256
 from tcx.models.hub import boot
 from tcx.models.lm import LanguageModel
@@ -67,7 +67,6 @@ def fetch_gguf(spec, into: Path) -> Path:
 def convert(gguf: Path, out: Path) -> None:
     """Dequantise the GGUF with transformers and write a plain fp32 model folder."""
     import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with warnings.catch_warnings():
@@ -77,7 +76,7 @@ def convert(gguf: Path, out: Path) -> None:
     state = model.state_dict()
     if model.config.tie_word_embeddings:  # save_pretrained refuses GGUF models; tied weights once
         state.pop("lm_head.weight", None)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    save_tensors({k: v.contiguous() for k, v in state.items()}, out / "model.safetensors")
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     (out / "config.json").write_text(json.dumps(config, indent=2))

@@ -15,12 +15,11 @@ import re
 from pathlib import Path
 
 import yaml
-from safetensors.torch import save_file
 
 from tcx.dictionaries.base import Activation
 from tcx.dictionaries.io import Units
 from tcx.errors import CheckpointError
-from tcx.io import write_text
+from tcx.io import save_tensors, write_text
 from tcx.runs.formats.base import (
     Format,
     imported,
@@ -110,8 +109,8 @@ class CircuitTracer(Format):
             tensors = {"W_enc": dic.W_enc.T, "b_enc": dic.b_enc, "W_dec": dic.W_dec, "b_dec": dic.b_dec}
             if act.threshold is not None:
                 tensors[THRESHOLD] = act.threshold
-            save_file({k: v.detach().float().contiguous() for k, v in tensors.items()},
-                      str(out / f"layer_{layer}.safetensors"))
+            save_tensors({k: v.detach().float().contiguous() for k, v in tensors.items()},
+                         out / f"layer_{layer}.safetensors")
         write_text(out / "config.yaml", yaml.safe_dump({
             "model_kind": "transcoder_set", "model_name": model_name(runs), "scan": f"tcx-{runs.spec.name}",
             "feature_input_hook": hook_in, "feature_output_hook": hook_out}, sort_keys=False))

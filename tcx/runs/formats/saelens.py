@@ -18,12 +18,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from tcx.dictionaries.base import Activation
 from tcx.dictionaries.io import Units
 from tcx.errors import CheckpointError
-from tcx.io import write_json
+from tcx.io import save_tensors, write_json
 from tcx.runs.formats.base import (
     Format,
     imported,
@@ -126,9 +124,9 @@ class SAELens(Format):
                 tensors["b_enc"] = dic.b_enc
             if act.threshold is not None:
                 tensors["threshold"] = act.threshold
-            save_file({k: v.detach().float().contiguous() for k, v in tensors.items()},
-                      str(folder / "sae_weights.safetensors"))
-            save_file({"sparsity": freq.clamp_min(1e-10).log10().float()}, str(folder / "sparsity.safetensors"))
+            save_tensors({k: v.detach().float().contiguous() for k, v in tensors.items()},
+                         folder / "sae_weights.safetensors")
+            save_tensors({"sparsity": freq.clamp_min(1e-10).log10().float()}, folder / "sparsity.safetensors")
             metadata = {"sae_lens_version": SAE_LENS_VERSION, "model_name": model_name(runs),
                         "hook_name": d.input_hook, "context_size": runs.spec.ctx_len,
                         "prepend_bos": runs.spec.prefix_token is not None}

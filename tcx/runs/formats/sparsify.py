@@ -17,12 +17,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from tcx.dictionaries.base import Activation
 from tcx.dictionaries.io import Units
 from tcx.errors import CheckpointError
-from tcx.io import write_json
+from tcx.io import save_tensors, write_json
 from tcx.runs.formats.base import Format, imported, read_json, read_tensors, rebuild, sites, take, unsupported
 from tcx.runs.formats.sidecar import read_sidecar, write_sidecar
 from tcx.runs.record import OpenedDictionary
@@ -94,7 +92,7 @@ class Sparsify(Format):
             skip = hasattr(dic, "W_skip")
             if skip:
                 tensors["W_skip"] = dic.W_skip.T
-            save_file({k: v.detach().float().contiguous() for k, v in tensors.items()}, str(folder / "sae.safetensors"))
+            save_tensors({k: v.detach().float().contiguous() for k, v in tensors.items()}, folder / "sae.safetensors")
             write_json(folder / "cfg.json", {
                 "activation": "topk", "expansion_factor": dic.d_sae / dic.d_in, "normalize_decoder": False,
                 "num_latents": dic.d_sae, "k": act.k, "multi_topk": False, "skip_connection": skip,
