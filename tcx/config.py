@@ -13,6 +13,8 @@ Two kinds of config live in `conf/`:
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -184,6 +186,26 @@ def register_configs() -> None:
 
     cs.store(name="features_schema", node=FeaturesConfig)
     cs.store(name="study_schema", node=StudyConfig)
+
+
+def refuse_unknown_keys(node: DictConfig, key: str = "") -> None:
+    """Hydra's `+key=value` adds a key even to a typed node, where nothing reads it: a misspelt
+    setting (`+trainer.max_tokenz=5`) would be dropped without a word. Refuse it, naming the field
+    meant. (Open nodes, `model`, `dictionary`, `data`, are checked by `build_node`.)"""
+    cls = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(cls):
+        return
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for name in node:
+        path = f"{key}.{name}" if key else str(name)
+        if name not in fields:
+            near = difflib.get_close_matches(str(name), fields, n=1)
+            hint = f"did you mean `{path.rsplit('.', 1)[0] + '.' if '.' in path else ''}{near[0]}`? " if near else ""
+            raise ConfigError(f"{path}: no such setting ({hint}a leading `+` added it, and nothing would have "
+                              f"read it). The settings here are: {', '.join(fields)}.")
+        child = node._get_node(name)
+        if isinstance(child, DictConfig):
+            refuse_unknown_keys(child, path)
 
 
 def build_node(node: DictConfig | dict, key: str, **extra: Any) -> Any:

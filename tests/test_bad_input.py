@@ -35,6 +35,9 @@ def test_layer_out_of_range_names_n_layers(make_cfg, tmp_path):
     ("dictionary.encoder_init_norm=0", "dictionary.encoder_init_norm"),
     ("+dictionary.l1_coef=0.1", "dictionary.l1_coef"),
     ("dictionary=batchtopk dictionary.threshold_momentum=1.5", "dictionary.threshold_momentum"),
+    # Hydra's `+` adds a key to a typed node too, where nothing would read it
+    ("+trainer.max_tokenz=4096", r"trainer.max_tokenz: no such setting \(did you mean `trainer.max_tokens`"),
+    ("+lrr=0.1", "lrr: no such setting"),
 ])
 def test_bad_dictionary_values_name_the_key(make_cfg, tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -256,3 +259,23 @@ def test_rerunning_a_finished_run_shows_its_metrics(make_cfg, tmp_path, capsys):
     assert again["main"]["l0"] == first["main"]["l0"]
     printed = capsys.readouterr().out
     assert "already finished" in printed and f"{first['main']['l0']:.1f}" in printed
+
+
+@pytest.mark.parametrize("config, override, message", [
+    ("features", "+top_kk=3", "top_kk: no such setting"),
+    ("circuit", "+prune.node_thresold=0.5",
+     r"prune\.node_thresold: no such setting \(did you mean `prune\.node_threshold`"),
+])
+def test_a_setting_added_with_plus_is_refused_by_every_tool(config, override, message):
+    """tcx-features, tcx-circuit (and tcx-eval) read their settings through `validated`."""
+    from hydra import compose, initialize_config_dir
+
+    from tcx.cli.common import CONF_DIR, validated
+    from tcx.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        needed = ["prompt=x", "transcoders=[a]"] if config == "circuit" else []
+        cfg = compose(config, overrides=[override, *needed])
+    with pytest.raises(ConfigError, match=message):
+        validated(cfg)

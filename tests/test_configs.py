@@ -51,8 +51,11 @@ def test_every_logger_instantiates(make_cfg, logger, tmp_path):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes(make_cfg, experiment):
+    from tcx.config import refuse_unknown_keys
+
     cfg = make_cfg(f"experiment={experiment}", smoke=False)
     build_node(cfg.model, "model").check_layer(cfg.layer)
+    refuse_unknown_keys(cfg)  # an experiment sets only keys that something reads
 
 
 def test_transcoder_and_sae_differ_only_by_sites(make_cfg):

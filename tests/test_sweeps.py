@@ -73,6 +73,12 @@ def test_bad_sweep_files(tmp_path):
         SweepSpec.load(tmp_path / "pack.yaml")
 
 
+def test_a_misspelt_pack_on_the_command_line_submits_nothing(tmp_path):
+    out = tcx_sweep(str(REPO / "sweeps" / "smoke.yaml"), "sweep.pack=flase", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert out.returncode == 1 and "sweep.pack is true or false" in out.stderr  # it meant false
+    assert not (tmp_path / "s").exists()
+
+
 def test_unanswering_cluster_submits_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sinfo on PATH
     out = subprocess.run([sys.executable, "-m", "tcx.cli.sweep", str(REPO / "sweeps" / "smoke.yaml"),

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from tcx.config import CONF_DIR  # noqa: F401 - the entry points' config root
+from tcx.config import CONF_DIR, refuse_unknown_keys  # noqa: F401 - CONF_DIR: the entry points' config root
 from tcx.errors import ConfigError, TcxError
 from tcx.sweeps.plan import quoted
 
@@ -18,6 +18,7 @@ from tcx.sweeps.plan import quoted
 def validated(cfg: DictConfig, nested: tuple[str, ...] = ()):
     """The config as its dataclasses; a value a `__post_init__` refuses is named with its key
     (`nested`: the sub-configs to check first, so their messages carry their key)."""
+    refuse_unknown_keys(cfg)
     for key in nested:
         try:
             OmegaConf.to_object(cfg[key])

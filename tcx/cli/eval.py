@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from tcx.cli.common import CONF_DIR, quote_paths, report_errors
-from tcx.config import register_configs
+from tcx.config import refuse_unknown_keys, register_configs
 
 register_configs()
 
@@ -26,6 +26,8 @@ COLUMNS = ["l0", "fvu", "cos", "unfired_fraction", "dense_fraction", "loss_clean
 @report_errors
 def evaluate_app(cfg: DictConfig) -> None:
     from tcx.evaluation.run import evaluate
+
+    refuse_unknown_keys(cfg)
 
     paths = ([cfg.run] if cfg.run else []) + list(cfg.dictionaries)
     results = evaluate(paths, cfg.max_tokens, cfg.batch_windows, cfg.dense_threshold, cfg.out_dir,

@@ -48,7 +48,10 @@ def run(argv: list[str]) -> int:
     overrides = []
     for o in args.overrides:
         if o.startswith("sweep.pack="):
-            spec = dataclasses.replace(spec, pack=o.split("=", 1)[1].lower() in ("1", "true", "yes"))
+            value = o.split("=", 1)[1].lower()
+            if value not in ("true", "false"):
+                raise ConfigError(f"{o}: sweep.pack is true or false; nothing was submitted.")
+            spec = dataclasses.replace(spec, pack=value == "true")
         else:
             overrides.append(o)
     sweep_dir = next((Path(o.split("=", 1)[1]) for o in overrides if o.startswith("hydra.sweep.dir=")),

@@ -31,7 +31,7 @@ class BatchTopKConfig(TopKConfig):
                               "steps at 1.5, and the dictionary fired nothing at evaluation).")
 
     def build(self, d_in: int, d_out: int, seed: int = 0) -> BatchTopKDictionary:
-        super().build(d_in, d_out, seed)  # validates k against the width
+        self.check_width(d_in)
         return BatchTopKDictionary(self, d_in, d_out, seed)
 
 

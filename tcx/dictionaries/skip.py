@@ -18,7 +18,7 @@ from tcx.dictionaries.topk import TopKConfig, TopKDictionary
 @dataclass(kw_only=True)
 class SkipTranscoderConfig(TopKConfig):
     def build(self, d_in: int, d_out: int, seed: int = 0) -> SkipTranscoder:
-        super().build(d_in, d_out, seed)
+        self.check_width(d_in)
         return SkipTranscoder(self, d_in, d_out, seed)
 
 

@@ -41,9 +41,13 @@ class TopKConfig(DictionaryConfig):
         if self.aux_k < 0 or self.aux_coeff < 0:
             raise ConfigError("aux_k and aux_coeff must be non-negative.")
 
-    def build(self, d_in: int, d_out: int, seed: int = 0) -> TopKDictionary:
+    def check_width(self, d_in: int) -> None:
+        """k is checked once the width is known (the model's d_in)."""
         if self.k > self.width(d_in):
             raise ConfigError(f"k={self.k} is more than the {self.width(d_in)} features.")
+
+    def build(self, d_in: int, d_out: int, seed: int = 0) -> TopKDictionary:
+        self.check_width(d_in)
         return TopKDictionary(self, d_in, d_out, seed)
 
 

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tcx import metrics_file
-from tcx.config import TrainerConfig, build_node
+from tcx.config import TrainerConfig, build_node, refuse_unknown_keys
 from tcx.data.corpus import Corpus
 from tcx.data.windows import TokenWindows, load_windows
 from tcx.errors import ConfigError
@@ -153,6 +153,7 @@ class RunPlan(NamedTuple):
 
 
 def plan_run(cfg: DictConfig, run_dir: Path) -> RunPlan:
+    refuse_unknown_keys(cfg)
     spec = build_node(cfg.model, "model")
     spec.check_layer(cfg.layer)
     return RunPlan(spec, build_node(cfg.data, "data"), OmegaConf.to_object(cfg.trainer), *plan_members(cfg, run_dir))
