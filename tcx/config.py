@@ -170,8 +170,9 @@ class EvalConfig:
     out_dir: str | None = None
     """Where the joint numbers of several dictionaries go (default: beside the first)."""
     plots: bool = True
-    model: str | None = None
-    """A conf/model option, for folders from other tools that do not name a model tcx knows."""
+    model: Any = None
+    """`model=<conf/model option>` (its node, composed like tcx-train's), for folders from other
+    tools that do not name a model tcx knows; from Python, the option's name."""
 
 
 def register_configs() -> None:

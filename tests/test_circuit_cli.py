@@ -78,6 +78,7 @@ def test_tcx_circuit_writes_every_file(copies, tmp_path):
     (["target.kind=direction", "target.path=/nonexistent/probe.pt", "target.hook=blocks.0.hook_mlp_in"],
      "target.hook='blocks.0.hook_mlp_in' is not a hook"),
     (["target.kind=logit_diff", "target.token=a"], "target.kind=logit_diff needs target.token and target.other"),
+    (["target.kind=feature", "target.layer=0"], "target.index: target.kind=feature needs target.layer and"),
     (["target.kind=nonsense"], "kind must be one of"),
     (["prune.node_threshold=2"], "node_threshold must be in"),
 ])

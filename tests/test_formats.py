@@ -118,6 +118,12 @@ def test_a_foreign_folder_without_a_known_model_asks_for_one(make_cfg, tmp_path)
         open_runs([tmp_path / "out"])
     opened = open_runs([tmp_path / "out"], model="tiny")
     assert opened.spec.name == "tiny" and opened.data_config["name"] == "python-docs"
+    # as the message says, from the command line: `model=` there is the conf/model group (it was refused)
+    done = subprocess.run([sys.executable, "-m", "tcx.cli.eval", f"run={tmp_path / 'out'}", "model=tiny",
+                           "max_tokens=256", "plots=false", f"out_dir={tmp_path / 'eval'}",
+                           f"hydra.run.dir={tmp_path / 'h'}"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(next((tmp_path / "eval").glob("eval*.json")).read_text())["eval_tokens"] > 0
 
 
 def test_tcx_export_cli(make_cfg, tmp_path):
@@ -129,3 +135,21 @@ def test_tcx_export_cli(make_cfg, tmp_path):
     again = subprocess.run([sys.executable, "-m", "tcx.cli.export", str(run), "--format", "saelens",
                             "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert again.returncode == 1 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_export_never_replaces_what_it_exports_nor_a_run(make_cfg, tmp_path):
+    """--force replaced --out whole: --out the run itself (or its parent) deleted the run being exported."""
+    run = run_dir(make_cfg, tmp_path / "runs" / "a", "transcoder")
+    before = sorted(p.name for p in run.iterdir())
+    for out in (run, tmp_path / "runs", run / "export"):
+        with pytest.raises(ConfigError, match="which is being exported"):
+            export([run], "saelens", out, replace=True)
+    assert sorted(p.name for p in run.iterdir()) == before
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"holds a training run or sweep \(checkpoints\)"):
+        export([run], "saelens", other, replace=True)
+    assert (other / "checkpoints").is_dir()
+    export([run], "saelens", tmp_path / "ex")
+    export([run], "saelens", tmp_path / "ex", replace=True)  # an earlier export is replaced
+    assert (tmp_path / "ex" / "cfg.json").is_file()

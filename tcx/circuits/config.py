@@ -35,6 +35,12 @@ class TargetConfig:
     def __post_init__(self) -> None:
         if self.kind not in TARGET_KINDS:
             raise ValueError(f"kind must be one of {TARGET_KINDS}, got '{self.kind}'.")
+        # before the model loads: what each kind needs
+        needs = {"logit_diff": ("token", "other"), "feature": ("layer", "index"), "direction": ("path",)}
+        if missing := [k for k in needs.get(self.kind, ()) if getattr(self, k) is None]:
+            wanted = " and ".join(f"target.{k}" for k in needs[self.kind])
+            raise ValueError(f"{missing[0]}: target.kind={self.kind} needs {wanted}"
+                             f"{' (and target.pos)' if self.kind == 'feature' else ''}.")
 
 
 @dataclass
@@ -63,8 +69,9 @@ class GraphConfig:
     """What every attribution graph needs, whichever command builds it."""
 
     target: TargetConfig = field(default_factory=TargetConfig)
-    model: str | None = None
-    """A conf/model option, for folders that do not name a model tcx knows."""
+    model: Any = None
+    """`model=<conf/model option>` (its node, composed like tcx-train's), for folders from other
+    tools that do not name a model tcx knows; from Python, the option's name."""
     model_dtype: str | None = None
     """The clean run's dtype (default: what the transcoders were trained with)."""
     replay_dtype: str | None = None

@@ -37,16 +37,11 @@ def prompt_tokens(lm: Any, prompt: str) -> torch.Tensor:
 
 
 def resolve_target(rm: ReplacementModel, t: TargetConfig) -> Target:
+    """`t` as checked by TargetConfig (each kind has what it needs)."""
     if t.kind in ("logit", "logit_diff"):
-        if t.kind == "logit_diff" and (t.token is None or t.other is None):
-            raise ConfigError("target.kind=logit_diff needs target.token and target.other.")
         return logit_target(rm, t.token, t.other if t.kind == "logit_diff" else None, t.pos)
     if t.kind == "feature":
-        if t.layer is None or t.index is None:
-            raise ConfigError("target.kind=feature needs target.layer and target.index (and target.pos).")
         return feature_target(rm, t.layer, t.index, t.pos)
-    if t.path is None:
-        raise ConfigError("target.kind=direction needs target.path=<probe file>.")
     return direction_target(rm, t.path, t.hook, t.pos)
 
 

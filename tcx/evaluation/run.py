@@ -120,7 +120,7 @@ def ablation_variants(targets: list[str], means: dict[str, torch.Tensor], valid:
 
 def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: int = 16,
              dense_threshold: float = 0.1, out_dir: str | Path | None = None, plots: bool = True,
-             model: str | None = None) -> dict:
+             model: str | dict | None = None) -> dict:
     """Evaluate saved dictionaries (run dirs, sweep dirs, exported or foreign folders) spliced into
     their model. A tcx run gets eval.json (and its metrics.json updated) beside its dictionary;
     a dictionary in another format gets eval_<name>.json beside its folder (or in `out_dir`)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -37,8 +38,9 @@ class FeaturesConfig:
     seed: int = 0
     out_dir: str | None = None
     """Where files about folders in other tools' formats go (default: beside them)."""
-    model: str | None = None
-    """A conf/model option, for folders from other tools that do not name a model tcx knows."""
+    model: Any = None
+    """`model=<conf/model option>` (its node, composed like tcx-train's), for folders from other
+    tools that do not name a model tcx knows; from Python, the option's name."""
 
     def __post_init__(self) -> None:
         for key in ("max_tokens", "batch_windows", "top", "bands", "per_band", "positives", "top_tokens"):

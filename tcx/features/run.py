@@ -46,7 +46,7 @@ def _pass(lm, opened, windows, valid, batch_windows: int, make, desc: str) -> li
 
 
 def read_features(paths: list[str | Path], settings: FeaturesConfig, features: list[int] | None = None,
-                  out_dir: str | Path | None = None, model: str | None = None) -> dict:
+                  out_dir: str | Path | None = None, model: str | dict | None = None) -> dict:
     """features.json and features.html for each dictionary under `paths`; a tcx run's metrics.json
     gets the summary scores. `features`: the indices to write (all by default), written to
     features_selected.* instead, and their scores kept out of metrics.json (they are not the run's)."""

@@ -123,7 +123,7 @@ class OpenedRuns:
         return ", ".join(str(d.source) for d in self.dictionaries if hook in (d.input_hook, d.target_hook))
 
 
-def open_runs(paths: list[str | Path], units: Units = "model", model: str | None = None) -> OpenedRuns:
+def open_runs(paths: list[str | Path], units: Units = "model", model: str | dict | None = None) -> OpenedRuns:
     """Open every dictionary under `paths` (run dirs, sweep dirs, globs, exported or foreign
     folders) in `units`, all on one model. `model` names a conf/model option for folders that
     do not say which model they belong to in tcx's terms."""
@@ -134,8 +134,9 @@ def open_runs(paths: list[str | Path], units: Units = "model", model: str | None
         d.dictionary.eval()  # inference behaviour (BatchTopK's threshold, no AuxK)
     names = {d.meta.get("model") for d in dictionaries} - {None}
     configs = [d.model_config for d in dictionaries if d.model_config]
-    if model is not None:
-        model_config = model_config_named(model)
+    if model is not None:  # a conf/model option's name, or its node (tcx-eval model=<option> composes it)
+        model_config = (model_config_named(model) if isinstance(model, str)
+                        else OmegaConf.to_container(OmegaConf.create(model), resolve=True))
     elif configs:
         model_config = configs[0]
     elif len(names) == 1:
