@@ -174,6 +174,13 @@ class EvalConfig:
     """`model=<conf/model option>` (its node, composed like tcx-train's), for folders from other
     tools that do not name a model tcx knows; from Python, the option's name."""
 
+    def __post_init__(self) -> None:  # max_tokens=0 replaced a run's held-out numbers with 63 tokens' worth
+        for key in ("max_tokens", "batch_windows"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)} must be at least 1")
+        if not 0.0 < self.dense_threshold <= 1.0:
+            raise ValueError(f"dense_threshold={self.dense_threshold} must lie in (0, 1]")
+
 
 def register_configs() -> None:
     cs = ConfigStore.instance()

@@ -263,11 +263,16 @@ def test_rerunning_a_finished_run_shows_its_metrics(make_cfg, tmp_path, capsys):
 
 @pytest.mark.parametrize("config, override, message", [
     ("features", "+top_kk=3", "top_kk: no such setting"),
+    ("eval", "+max_tokenz=3", r"max_tokenz: no such setting \(did you mean `max_tokens`"),
+    # max_tokens=0 replaced a run's held-out numbers in metrics.json with 63 tokens' worth
+    ("eval", "max_tokens=0", "max_tokens=0 must be at least 1"),
+    ("eval", "batch_windows=0", "batch_windows=0 must be at least 1"),
+    ("features", "dense_threshold=-0.5", r"dense_threshold=-0.5 must lie in \(0, 1\]"),
     ("circuit", "+prune.node_thresold=0.5",
      r"prune\.node_thresold: no such setting \(did you mean `prune\.node_threshold`"),
 ])
-def test_a_setting_added_with_plus_is_refused_by_every_tool(config, override, message):
-    """tcx-features, tcx-circuit (and tcx-eval) read their settings through `validated`."""
+def test_every_tool_refuses_bad_settings_before_work(config, override, message):
+    """tcx-eval, tcx-features and tcx-circuit read their settings through `validated`."""
     from hydra import compose, initialize_config_dir
 
     from tcx.cli.common import CONF_DIR, validated

@@ -364,14 +364,27 @@ def test_atomic_writes_leave_the_permissions_a_plain_write_would(tmp_path):
 
 
 class SignalDuring(L.Callback):
-    """SLURM's warning signal (SIGUSR2) arrives while step `at` runs."""
+    """SLURM's warning signal (SIGUSR2), or another, arrives while step `at` runs."""
 
-    def __init__(self, at: int):
-        self.at = at
+    def __init__(self, at: int, signum: int = signal.SIGUSR2):
+        self.at, self.signum = at, signum
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at:
-            os.kill(os.getpid(), signal.SIGUSR2)
+            os.kill(os.getpid(), self.signum)
+
+
+def test_a_run_stopped_by_sigterm_says_so_and_fails(tmp_path, cache_dir):
+    """`kill`, `docker stop` and systemd send SIGTERM: Lightning ended the run with status 0 and no word,
+    so `tcx-train && tcx-eval` went on as if it had finished."""
+    sigterm = f"+callbacks.signal={{_target_: tests.test_faults.SignalDuring, at: 10, signum: {int(signal.SIGTERM)}}}"
+    stopped = train(tmp_path / "run", cache_dir, sigterm)
+    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    assert "error: stopped by SIGTERM at step 1" in stopped.stderr and "Run the same command" in stopped.stderr
+    assert step_of(tmp_path / "run" / "checkpoints" / "last.ckpt") == 8  # every 4 steps
+    done = train(tmp_path / "run", cache_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "relu" / "metrics.json").read_text())["resumed_from_step"] == 8
 
 
 def test_a_checkpoint_on_slurms_warning_keeps_that_steps_resample(tmp_path, cache_dir):

@@ -13,8 +13,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from tcx.cli.common import CONF_DIR, quote_paths, report_errors
-from tcx.config import refuse_unknown_keys, register_configs
+from tcx.cli.common import CONF_DIR, quote_paths, report_errors, validated
+from tcx.config import register_configs
 
 register_configs()
 
@@ -27,8 +27,7 @@ COLUMNS = ["l0", "fvu", "cos", "unfired_fraction", "dense_fraction", "loss_clean
 def evaluate_app(cfg: DictConfig) -> None:
     from tcx.evaluation.run import evaluate
 
-    refuse_unknown_keys(cfg)
-
+    validated(cfg)
     paths = ([cfg.run] if cfg.run else []) + list(cfg.dictionaries)
     results = evaluate(paths, cfg.max_tokens, cfg.batch_windows, cfg.dense_threshold, cfg.out_dir,
                        cfg.plots, cfg.model)

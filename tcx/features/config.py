@@ -48,6 +48,8 @@ class FeaturesConfig:
                 raise ValueError(f"{key}={getattr(self, key)} must be at least 1")
         if self.context < 0 or self.negatives < 0:
             raise ValueError("context and negatives must be >= 0")
+        if not 0.0 < self.dense_threshold <= 1.0:
+            raise ValueError(f"dense_threshold={self.dense_threshold} must lie in (0, 1]")
 
 
 @dataclass

@@ -15,6 +15,7 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from tcx import metrics_file
@@ -253,7 +254,17 @@ def fit(cfg: DictConfig, run_dir: Path, plan: RunPlan, checkpoint: Path | None) 
         use_distributed_sampler=False, default_root_dir=run_dir, profiler=tcfg.profiler)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)  # the step is in metrics.json: resumed_from_step
-    trainer.fit(bank, datamodule=data, ckpt_path=checkpoint)
+    try:
+        trainer.fit(bank, datamodule=data, ckpt_path=checkpoint)
+    except SystemExit as e:  # Lightning ends a run stopped by SIGTERM (code None) or Ctrl-C (1) this way
+        stopped = "SIGTERM" if isinstance(e, SIGTERMException) else "Ctrl-C" if trainer.interrupted else None
+        if stopped is None:
+            raise
+        last = run_dir / "checkpoints" / "last.ckpt"
+        raise SystemExit(  # a message makes the exit status 1, and a sweep's other points do not start
+            f"error: stopped by {stopped} at step {trainer.global_step} of {tcfg.max_steps}; nothing was lost "
+            f"but the steps since the last checkpoint ({last if last.exists() else 'none yet'}). Run the same "
+            "command to resume from it.") from None
     if not outputs.final and trainer.global_step >= tcfg.max_steps and finished(members) is None:
         outputs.finish(trainer, bank)  # killed after its last checkpoint, before its outputs: Lightning
         # restores that checkpoint and skips the loop (and on_train_end), so write them here
