@@ -340,3 +340,31 @@ def test_a_member_folder_given_to_a_cli_unquoted_reaches_hydra_whole():
     assert [o.value() for o in parsed] == ["out/0/l1_coeff=0.3-k=8", "it's/a=b\\", 4096, ["a", "b"], "slurm"]
     with pytest.raises(Exception, match="mismatched input '='"):
         OverridesParser.create().parse_overrides(typed[:1])
+
+
+def test_a_rerun_into_a_sweep_dir_with_another_grid_is_refused(tmp_path):
+    """It used to start the new bank in the old job's folder, be refused there, and report the old
+    points, with their metrics, as the new sweep's (exit 0)."""
+    from tcx.sweeps.rerun import check_same_sweep
+
+    sweep_dir = tmp_path / "s"
+    check_same_sweep(sweep_dir, SweepSpec.load(sweep_file(tmp_path, {"dictionary.l1_coeff": [0.03, 0.3]}, [])))
+    changed = sweep_file(tmp_path, {"dictionary.l1_coeff": [0.03, 1.0]}, [])
+    out = tcx_sweep(str(changed), f"hydra.sweep.dir={sweep_dir}")
+    assert out.returncode == 1 and "holds a sweep with other settings (grid:" in out.stderr, out.stderr[-2000:]
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["sweep_spec.json"]
+
+
+def test_a_job_refused_in_this_rerun_fails_its_points_though_they_finished_before(tmp_path):
+    from tcx import metrics_file
+    from tcx.sweeps.collect import collect
+
+    member = tmp_path / "0" / "l1_coeff=0.3"
+    member.mkdir(parents=True)
+    metrics_file.write(member, {"l0": 5.0, "fvu": 0.2})
+    assert collect(tmp_path, "t", 1)["done"] == 1
+    started = time.time() - 1
+    (tmp_path / "0" / "error.json").write_text(json.dumps({"error": "ConfigError: a different `lr`"}))
+    summary = collect(tmp_path, "t", 1, started)
+    assert summary["failed"] == 1 and summary["points"][0]["error"] == "ConfigError: a different `lr`"
+    assert collect(tmp_path, "t", 1, time.time() + 5)["done"] == 1  # an error.json of an earlier invocation

@@ -25,6 +25,7 @@ from tcx.cli.common import report_errors
 from tcx.errors import ConfigError
 from tcx.sweeps.collect import collect, print_summary
 from tcx.sweeps.plan import jobs, multirun_command
+from tcx.sweeps.rerun import check_same_sweep
 from tcx.sweeps.spec import SweepSpec
 from tcx.sweeps.validate import check_grid_keys
 
@@ -62,13 +63,17 @@ def run(argv: list[str]) -> int:
         raise ConfigError("hydra/launcher=slurm: the SLURM cluster does not answer (`sinfo` failed or is "
                           "missing); nothing was submitted. Start one (scripts/slurm-local.sh up) or use "
                           "hydra/launcher=local.")
+    recorded = check_same_sweep(sweep_dir, spec)
+    started = time.time()
     command = multirun_command("tcx.cli.train", spec, f"group={spec.name}", f"hydra.sweep.dir={sweep_dir}", *overrides)
     print(f"sweep {spec.name}: {len(spec.points())} points in {jobs(spec)} job(s) -> {sweep_dir}", flush=True)
     status = subprocess.run(command).returncode
     if status != 0 and not any(p.name.isdigit() for p in sweep_dir.glob("*")):
+        if recorded is not None:  # nothing ran: the folder may take a corrected command
+            recorded.unlink(missing_ok=True)
         raise ConfigError(f"sweep {spec.name}: Hydra's multirun failed before any job started (exit {status}); "
                           "its message is above. Nothing was left running.")
-    summary = collect(sweep_dir, spec.name, jobs(spec))
+    summary = collect(sweep_dir, spec.name, jobs(spec), started)
     print_summary(summary)
     if summary["failed"]:
         print(f"\nTo finish the {summary['failed']} unfinished point(s) run the same command with "

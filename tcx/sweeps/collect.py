@@ -26,14 +26,20 @@ def points_of(job: Path) -> list[Path]:
     return member_dirs(job) or [job]
 
 
-def collect(sweep_dir: Path, name: str, expected_jobs: int) -> dict[str, Any]:
+def collect(sweep_dir: Path, name: str, expected_jobs: int, since: float = 0.0) -> dict[str, Any]:
+    """Every point's status. A job that failed as a whole after `since` (this invocation: e.g. its
+    resume check refused a changed override) fails its points, whatever they finished before."""
     points = []
     jobs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
     for job in jobs:
         log = job_log(job, sweep_dir)
+        refused = job / "error.json"
+        refused = refused if refused.is_file() and refused.stat().st_mtime >= since else None
         for point in points_of(job):
             row: dict[str, Any] = {"dir": str(point), "job": int(job.name), "log": str(log) if log else None}
-            if metrics_file.exists(point):
+            if refused is not None:
+                row.update(status="failed", error=json.loads(refused.read_text())["error"])
+            elif metrics_file.exists(point):
                 row.update(status="done", metrics=metrics_file.read(point))
             else:
                 err = point / "error.json" if (point / "error.json").is_file() else job / "error.json"
