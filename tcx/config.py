@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tcx.errors import ConfigError
+from tcx.errors import CheckpointError, ConfigError
 
 _PACKAGED_CONF = Path(__file__).resolve().parent / "conf"   # a wheel carries conf/ inside the package
 CONF_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parents[1] / "conf")
@@ -243,6 +244,19 @@ def build_node(node: DictConfig | dict, key: str, **extra: Any) -> Any:
         raise ConfigError(f"{key}.{e}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{key}: {e}") from None
+
+
+def load_config(path: Path | None, text: str | None = None, where: str | None = None) -> DictConfig:
+    """A saved run config, from `path` or from `text` (read from `where`); a damaged one is named."""
+    try:
+        loaded = OmegaConf.load(path) if path is not None else OmegaConf.create(text)
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path or where} holds no readable config ({str(e).splitlines()[0]}). It was "
+                              "left as it was; restore it, or move it aside.") from None
+    if not isinstance(loaded, DictConfig):
+        raise CheckpointError(f"{path or where} holds no config (a YAML mapping). It was left as it was; restore "
+                              "it, or move it aside.")
+    return loaded
 
 
 def compose_train(overrides: list[str]) -> DictConfig:

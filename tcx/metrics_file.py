@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tcx.errors import CheckpointError
 from tcx.io import write_json
 
 NAME = "metrics.json"
@@ -34,7 +35,17 @@ def exists(run_dir: Path) -> bool:
 
 def read(run_dir: Path) -> dict[str, Any]:
     """The run's metrics; {} where it has none (yet)."""
-    return json.loads(path(run_dir).read_text()) if exists(run_dir) else {}
+    if not exists(run_dir):
+        return {}
+    try:
+        metrics = json.loads(path(run_dir).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        metrics = e
+    if not isinstance(metrics, dict):  # tcx writes it whole (temp file + rename): damaged outside tcx
+        raise CheckpointError(f"{path(run_dir)} is not a JSON object ({metrics}). Move it aside: the "
+                              f"dictionary is intact, and `tcx-eval run={run_dir}` writes the held-out numbers "
+                              "again (a finished run's training-window numbers are in its logs).")
+    return metrics
 
 
 def write(run_dir: Path, metrics: dict[str, Any]) -> None:

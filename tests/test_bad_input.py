@@ -132,6 +132,21 @@ def test_local_jsonl_and_parquet_corpora_train(make_cfg, tmp_path):
     assert final["main"]["tokens"] == 8192
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("a.jsonl", b'{"text": "fine"}\n{"text": "cut', r"a\.jsonl:2 is not a JSON object"),
+    ("a.jsonl", b'{"text": "fine"}\n{"text": null}\n', r"a\.jsonl:2: 'text' \(data\.text_field\) is NoneType"),
+    ("a.jsonl", b'{"text": "fine"}\n["a list"]\n', r"a\.jsonl:2 has no field 'text'"),
+    ("a.jsonl", b'{"text": "caf\xe9"}\n', r"a\.jsonl is not UTF-8 text"),
+    ("b.parquet", b"PAR1 not really parquet", r"b\.parquet cannot be read as Parquet"),
+])
+def test_a_malformed_corpus_file_is_named_with_its_line(make_cfg, tmp_path, name, content, message):
+    """These were tracebacks (JSONDecodeError, AttributeError on None, UnicodeDecodeError, ArrowInvalid)."""
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(CorpusError, match=message):
+        train(make_cfg("data=text-files", f"data.paths=[{tmp_path}/{name}]"), tmp_path / "run")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.ckpt"))
+
+
 def test_hub_model_without_network_suggests_the_embedded_default(make_cfg):
     spec = build_node(make_cfg("model=gpt2-small", smoke=False).model, "model")
     with pytest.raises(ModelLoadError, match=r"model=minilm"):
@@ -236,6 +251,30 @@ def test_resume_refuses_a_trainer_setting_that_changes_what_is_trained(make_cfg,
         check_resume_config(tmp_path, make_cfg("trainer.resample_every_n_tokens=4096"))
 
 
+def test_a_checkpoint_is_checked_against_the_config_it_holds(make_cfg, tmp_path):
+    """A checkpoint copied without its config.yaml resumed under any settings (and then wrote a
+    config.yaml that misstated it); a damaged config.yaml was a YAML traceback in tcx-eval."""
+    import shutil
+
+    from tcx.evaluation.run import evaluate
+
+    train(make_cfg("trainer.max_tokens=4096", "trainer.eval_tokens=0"), tmp_path / "run")
+    shutil.copytree(tmp_path / "run" / "checkpoints", tmp_path / "copy" / "checkpoints")
+    with pytest.raises(ConfigError, match=r"`lr` \(0\.001, now 0\.003\)"):
+        train(make_cfg("trainer.max_tokens=4096", "trainer.eval_tokens=0", "lr=3e-3"), tmp_path / "copy")
+    assert not (tmp_path / "copy" / "config.yaml").exists()
+    ckpt = tmp_path / "copy" / "checkpoints" / "last.ckpt"  # as tcx wrote them before: no config inside
+    state = torch.load(ckpt, weights_only=False)
+    del state["tcx_config"]
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match=r"holds dictionaries of other shapes than these settings build"):
+        train(make_cfg("trainer.max_tokens=8192", "trainer.eval_tokens=0", "dictionary.expansion_factor=8"),
+              tmp_path / "copy")
+    (tmp_path / "run" / "config.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(CheckpointError, match=r"config\.yaml holds no readable config"):
+        evaluate([tmp_path / "run"], max_tokens=256, plots=False)
+
+
 def test_a_run_dir_written_before_the_model_modules_split_still_resumes(make_cfg, tmp_path):
     train(make_cfg("trainer.max_tokens=8192"), tmp_path)
     saved = tmp_path / "config.yaml"
@@ -259,6 +298,25 @@ def test_rerunning_a_finished_run_shows_its_metrics(make_cfg, tmp_path, capsys):
     assert again["main"]["l0"] == first["main"]["l0"]
     printed = capsys.readouterr().out
     assert "already finished" in printed and f"{first['main']['l0']:.1f}" in printed
+
+
+def test_a_damaged_metrics_json_is_named_before_any_work(make_cfg, tmp_path):
+    """It was a JSONDecodeError traceback: on the rerun of a finished run, and in tcx-eval after the
+    whole evaluation had run."""
+    from tcx.evaluation.run import evaluate
+    from tcx.sweeps.collect import collect
+
+    train(make_cfg("trainer.max_tokens=2048", "trainer.eval_tokens=0"), tmp_path / "run")
+    (tmp_path / "run" / "metrics.json").write_text('{"l0": 3')
+    with pytest.raises(CheckpointError, match=r"metrics\.json is not a JSON object.*Move it aside"):
+        train(make_cfg("trainer.max_tokens=2048", "trainer.eval_tokens=0"), tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"metrics\.json is not a JSON object"):
+        evaluate([tmp_path / "run"], max_tokens=256, plots=False)
+    assert not (tmp_path / "run" / "eval.json").exists()
+    (tmp_path / "sweep" / "0").mkdir(parents=True)
+    (tmp_path / "run").rename(tmp_path / "sweep" / "0" / "run")
+    point = collect(tmp_path / "sweep", "s", 1)["points"][0]
+    assert point["status"] == "failed" and "is not a JSON object" in point["error"]
 
 
 @pytest.mark.parametrize("config, override, message", [

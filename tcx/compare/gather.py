@@ -11,7 +11,7 @@ import yaml
 
 from tcx import metrics_file
 from tcx.compare.wandb_log import find_log, read_wandb
-from tcx.errors import ConfigError
+from tcx.errors import ConfigError, TcxError
 from tcx.run_dir import is_set_aside
 
 REQUIRED = ("l0", "fvu")
@@ -81,7 +81,7 @@ def gather(paths: list[str]) -> Runs:
     for directory in dirs:
         try:
             runs.rows.append(read(directory))
-        except (ValueError, OSError, yaml.YAMLError) as e:
+        except (ValueError, OSError, yaml.YAMLError, TcxError) as e:
             if "a bank's run dir" not in str(e):
                 runs.skipped[str(directory)] = str(e).splitlines()[0]
     return runs

@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -84,23 +85,49 @@ class TextFiles(Corpus):
             if path.suffix == ".txt":
                 yield path.read_text(errors="replace")
             elif path.suffix == ".jsonl":
-                with open(path) as f:
-                    for i, line in enumerate(f):
-                        if line.strip():
-                            yield self._field(json.loads(line), path, i)
+                yield from self._jsonl(path)
             else:
-                import pyarrow.parquet as pq
+                yield from self._parquet(path)
 
-                table = pq.read_table(path)
-                if self.text_field not in table.column_names:
-                    raise CorpusError(f"{path} has no column '{self.text_field}' (data.text_field); "
-                                      f"columns: {table.column_names}.")
-                yield from table.column(self.text_field).to_pylist()
+    def _jsonl(self, path: Path) -> Iterator[str]:
+        with open(path, encoding="utf-8") as f:
+            i = -1
+            try:
+                for i, line in enumerate(f):
+                    if line.strip():
+                        yield self._field(json.loads(line), path, i)
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"{path}:{i + 1} is not a JSON object ({e.msg}, column {e.colno}): each line "
+                                  "of a .jsonl file is one JSON record. Nothing was written.") from None
+            except UnicodeDecodeError:
+                raise CorpusError(f"{path} is not UTF-8 text (after line {i + 1}); .jsonl files are read as "
+                                  "UTF-8. Nothing was written.") from None
 
-    def _field(self, record: dict, path: Path, line: int) -> str:
-        if self.text_field not in record:
+    def _parquet(self, path: Path) -> Iterator[str]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            raise CorpusError(f"{path} cannot be read as Parquet ({str(e).splitlines()[0]}). Nothing was "
+                              "written.") from None
+        if self.text_field not in table.column_names:
+            raise CorpusError(f"{path} has no column '{self.text_field}' (data.text_field); "
+                              f"columns: {table.column_names}.")
+        for i, text in enumerate(table.column(self.text_field).to_pylist()):
+            yield self._text(text, f"{path} row {i}")
+
+    def _field(self, record: Any, path: Path, line: int) -> str:
+        if not isinstance(record, dict) or self.text_field not in record:
             raise CorpusError(f"{path}:{line + 1} has no field '{self.text_field}' (data.text_field).")
-        return record[self.text_field]
+        return self._text(record[self.text_field], f"{path}:{line + 1}")
+
+    def _text(self, text: Any, where: str) -> str:
+        if not isinstance(text, str):
+            raise CorpusError(f"{where}: '{self.text_field}' (data.text_field) is {type(text).__name__}, "
+                              "not text. Nothing was written.")
+        return text
 
     def fingerprint(self) -> str:
         stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in self.files()]

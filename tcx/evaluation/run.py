@@ -125,6 +125,9 @@ def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: i
     their model. A tcx run gets eval.json (and its metrics.json updated) beside its dictionary;
     a dictionary in another format gets eval_<name>.json beside its folder (or in `out_dir`)."""
     opened = open_runs(paths, model=model)
+    for d in opened.dictionaries:  # a metrics.json it cannot update is found before the work, not after
+        if d.format == "tcx":
+            metrics_file.read(d.source)
     placed = opened.placed()
     heldout, valid = opened.heldout(max_tokens)
     opened.check_widths()

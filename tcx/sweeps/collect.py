@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tcx import metrics_file
+from tcx.errors import TcxError
 from tcx.io import write_json
 from tcx.run_dir import member_dirs
 
@@ -40,7 +41,10 @@ def collect(sweep_dir: Path, name: str, expected_jobs: int, since: float = 0.0) 
             if refused is not None:
                 row.update(status="failed", error=json.loads(refused.read_text())["error"])
             elif metrics_file.exists(point):
-                row.update(status="done", metrics=metrics_file.read(point))
+                try:
+                    row.update(status="done", metrics=metrics_file.read(point))
+                except TcxError as e:
+                    row.update(status="failed", error=str(e))
             else:
                 err = point / "error.json" if (point / "error.json").is_file() else job / "error.json"
                 row.update(status="failed", error=json.loads(err.read_text())["error"] if err.is_file()

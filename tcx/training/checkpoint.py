@@ -52,8 +52,9 @@ def tidy_run_dir(run_dir: Path, resume: bool) -> None:
     log.warning("resume=false: the previous run (%s) was moved to %s", ", ".join(p.name for p in old), aside)
 
 
-def resume_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
-    """`checkpoints/last.ckpt` of `run_dir` and its step, if there is one, after checking it can be read."""
+def resume_checkpoint(run_dir: Path) -> tuple[Path, int, str | None] | None:
+    """`checkpoints/last.ckpt` of `run_dir`, its step and the config it was trained with (YAML; None
+    in checkpoints from before tcx kept it), if there is one, after checking it can be read."""
     path = run_dir / "checkpoints" / "last.ckpt"
     if not path.exists():
         return None
@@ -66,4 +67,4 @@ def resume_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
             f"cannot resume from {path}: the file is corrupt ({type(e).__name__}: {e}). It was left "
             "untouched. Rerun with resume=false to start this run afresh (the old run is kept, moved to "
             "old-<time>/ in the run dir), or restore a good copy of it.") from None
-    return path, int(state["global_step"])
+    return path, int(state["global_step"]), state.get("tcx_config")

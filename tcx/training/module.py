@@ -33,8 +33,12 @@ def step_row(out: StepOutput, target: Tensor) -> Tensor:
 
 class DictionaryBank(L.LightningModule):
     def __init__(self, members: Mapping[str, Dictionary], reads: Mapping[str, tuple[str, str]],
-                 optimizer: Callable, lr: float, schedule: Schedule, compile: str | None = None):
+                 optimizer: Callable, lr: float, schedule: Schedule, compile: str | None = None,
+                 config: str | None = None):
         super().__init__()
+        self.config = config
+        """The run's config (YAML), kept in every checkpoint: a resume checks against what was trained
+        even where the run dir's config.yaml is missing or was rewritten."""
         self.members = nn.ModuleDict(dict(members))
         self.reads = dict(reads)
         """Member key -> (input hookpoint, target hookpoint): the batch entries it trains on."""
@@ -88,6 +92,7 @@ class DictionaryBank(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["retired"] = dict(self.retired)
+        checkpoint["tcx_config"] = self.config
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.retired = dict(checkpoint.get("retired", {}))

@@ -19,10 +19,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from tcx import metrics_file
-from tcx.config import TrainerConfig, build_node, refuse_unknown_keys
+from tcx.config import TrainerConfig, build_node, load_config, refuse_unknown_keys
 from tcx.data.corpus import Corpus
 from tcx.data.windows import TokenWindows, load_windows
-from tcx.errors import ConfigError
+from tcx.errors import CheckpointError, ConfigError
 from tcx.io import write_json, write_text
 from tcx.models.lm import LanguageModel
 from tcx.models.spec import ModelSpec, moved_target
@@ -84,12 +84,14 @@ def _defaults(target) -> dict[str, object]:
     return {f.name: f.default for f in dataclasses.fields(target) if f.default is not dataclasses.MISSING}
 
 
-def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
-    """Refuse to resume a checkpoint under settings that change what is trained; name each key."""
+def check_resume_config(run_dir: Path, cfg: DictConfig, trained: str | None = None) -> None:
+    """Refuse to resume a checkpoint under settings that change what is trained; name each key.
+    `trained`: the config the checkpoint holds (checkpoints before it hold none: the run dir's
+    config.yaml then stands for it, and a run dir with neither resumes unchecked)."""
     saved_path = run_dir / "config.yaml"
-    if not saved_path.exists():
+    if trained is None and not saved_path.exists():
         return
-    saved = OmegaConf.load(saved_path)
+    saved = load_config(saved_path if trained is None else None, trained, f"{run_dir}/checkpoints/last.ckpt")
     differ = []
     for key in _FIXED_ON_RESUME:
         if OmegaConf.select(saved, key.split(".")[0]) is None and "." in key:
@@ -184,7 +186,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, float]]:
             tidy_run_dir(run_dir, cfg.resume)
         checkpoint = resume_checkpoint(run_dir)
         if checkpoint is not None:  # only a checkpoint makes a resume; a run that failed earlier is redone
-            check_resume_config(run_dir, cfg)
+            check_resume_config(run_dir, cfg, checkpoint[2])
             if checkpoint[1] >= tcfg.max_steps and (done := finished(members)) is not None:
                 print(f"{run_dir} had already finished (step {checkpoint[1]}); its metrics:")
                 print_summary(members, done)
@@ -240,7 +242,8 @@ def fit(cfg: DictConfig, run_dir: Path, plan: RunPlan, checkpoint: Path | None) 
                         tcfg.sparsity_warmup_fraction)
     dictionaries, members = build_dictionaries(members, dims, cfg.seed)
     bank = DictionaryBank(dictionaries, {m.key: (m.input_hook, m.target_hook) for m in members},
-                          instantiate(cfg.optimizer), cfg.lr, schedule, compile=tcfg.compile)
+                          instantiate(cfg.optimizer), cfg.lr, schedule, compile=tcfg.compile,
+                          config=OmegaConf.to_yaml(cfg, resolve=True))
     data = ActivationData(lm, windows, hooks, tcfg, cfg.seed, cfg.cache_dir)
 
     meta = {"model": plan.spec.name, "seed": cfg.seed}
@@ -256,6 +259,13 @@ def fit(cfg: DictConfig, run_dir: Path, plan: RunPlan, checkpoint: Path | None) 
         log.info("resuming from %s", checkpoint)  # the step is in metrics.json: resumed_from_step
     try:
         trainer.fit(bank, datamodule=data, ckpt_path=checkpoint)
+    except RuntimeError as e:
+        if checkpoint is None or "size mismatch" not in str(e):
+            raise
+        raise CheckpointError(f"{checkpoint} holds dictionaries of other shapes than these settings build "
+                              f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}): it "
+                              "was trained with others. It was left as it was; rerun with the settings it "
+                              "was trained with, or resume=false to start afresh (the old run is kept).") from None
     except SystemExit as e:  # Lightning ends a run stopped by SIGTERM (code None) or Ctrl-C (1) this way
         stopped = "SIGTERM" if isinstance(e, SIGTERMException) else "Ctrl-C" if trainer.interrupted else None
         if stopped is None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from tcx.config import load_config
 from tcx.dictionaries.io import META, WEIGHTS, Units, load_dictionary
 from tcx.errors import CheckpointError
 from tcx.runs.formats.base import Format
@@ -30,7 +31,7 @@ class Native(Format):
                                   meta.get("data_config"))
         config_path = path / "config.yaml"
         if config_path.is_file():  # the run's own config: model and corpus exactly as trained
-            config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+            config = OmegaConf.to_container(load_config(config_path), resolve=True)
             opened.model_config = config.get("model") or opened.model_config
             opened.data_config = config.get("data") or opened.data_config
             opened.extra = {"cache_dir": config.get("cache_dir"),
