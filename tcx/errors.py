@@ -36,3 +36,7 @@ class OutOfSpaceError(TcxError):
 
 class RunDirBusyError(TcxError):
     """Another live process is training in the same run dir."""
+
+
+class NotWritableError(TcxError):
+    """An output folder that cannot be written (read-only, no permission)."""

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from tcx.errors import ConfigError, OutOfSpaceError
+from tcx.errors import ConfigError, NotWritableError, OutOfSpaceError
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file-size limit
 
@@ -57,12 +57,29 @@ def _mode_of(path: Path, default: int) -> int:
         return default & ~_UMASK
 
 
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextlib.contextmanager
+def _writable(path: Path) -> Iterator[None]:
+    """A folder tcx may not write is named in one paragraph (it was an OSError traceback)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _NOT_WRITABLE:
+            raise
+        raise NotWritableError(f"cannot write {path}: {e.strerror}. Nothing was written there; choose a "
+                               "folder you can write (out_dir=, --out, hydra.run.dir=), or fix its "
+                               "permissions.") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it replaces `path`, on failure it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _writable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     mode = _mode_of(path, 0o666)
     os.close(fd)
     try:
@@ -118,8 +135,9 @@ def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]
     if path.exists() and not replace and (not path.is_dir() or any(path.iterdir())):
         raise ConfigError(f"{path} already exists and is not empty: choose another output folder, or "
                           "replace it (--force).")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with _writable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, _mode_of(path, 0o777))
     try:
         yield tmp

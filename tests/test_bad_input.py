@@ -342,3 +342,15 @@ def test_every_tool_refuses_bad_settings_before_work(config, override, message):
         cfg = compose(config, overrides=[override, *needed])
     with pytest.raises(ConfigError, match=message):
         validated(cfg)
+
+
+def test_tcx_eval_finds_a_folder_it_cannot_write_before_the_work(make_cfg, tmp_path, monkeypatch):
+    import os
+
+    from tcx.errors import NotWritableError
+    from tcx.evaluation.run import evaluate
+
+    train(make_cfg("trainer.max_tokens=2048", "trainer.eval_tokens=0"), tmp_path / "run")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # root may write anywhere: simulated
+    with pytest.raises(NotWritableError, match=r"cannot write .*run: no write permission.*nothing was evaluated"):
+        evaluate([tmp_path / "run"], max_tokens=256, plots=False)

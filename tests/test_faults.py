@@ -401,3 +401,24 @@ def test_a_checkpoint_on_slurms_warning_keeps_that_steps_resample(tmp_path, cach
     done = train(tmp_path / "run", cache_dir, resample)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_weights(tmp_path / "run", tmp_path / "reference")
+
+
+def test_a_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    """A read-only file system (EROFS) or no permission (EACCES; root is never refused, so simulated)
+    was an OSError traceback: in tcx-eval after its whole evaluation."""
+    import errno
+    import tempfile
+
+    from tcx.errors import NotWritableError
+    from tcx.io import atomic_dir, write_text
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    with pytest.raises(NotWritableError, match=r"cannot write .*a\.json: Read-only file system\. Nothing was"):
+        write_text(tmp_path / "a.json", "{}")
+    with pytest.raises(NotWritableError, match="export: Read-only file system"), atomic_dir(tmp_path / "export"):
+        pass
+    assert not any(tmp_path.iterdir())

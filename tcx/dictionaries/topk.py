@@ -44,7 +44,8 @@ class TopKConfig(DictionaryConfig):
     def check_width(self, d_in: int) -> None:
         """k is checked once the width is known (the model's d_in)."""
         if self.k > self.width(d_in):
-            raise ConfigError(f"k={self.k} is more than the {self.width(d_in)} features.")
+            raise ConfigError(f"k={self.k} (dictionary.k) is more than the {self.width(d_in)} features "
+                              "(dictionary.d_sae, or expansion_factor × the model's width).")
 
     def build(self, d_in: int, d_out: int, seed: int = 0) -> TopKDictionary:
         self.check_width(d_in)

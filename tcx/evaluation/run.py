@@ -7,6 +7,7 @@ training never sees.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tcx import metrics_file
+from tcx.errors import NotWritableError
 from tcx.evaluation import baselines
 from tcx.evaluation.baselines import BaselineKey, Baselines
 from tcx.evaluation.fidelity import compare, loss, outputs
@@ -125,9 +127,13 @@ def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: i
     their model. A tcx run gets eval.json (and its metrics.json updated) beside its dictionary;
     a dictionary in another format gets eval_<name>.json beside its folder (or in `out_dir`)."""
     opened = open_runs(paths, model=model)
-    for d in opened.dictionaries:  # a metrics.json it cannot update is found before the work, not after
+    for d in opened.dictionaries:  # what it cannot write is found before the work, not after
         if d.format == "tcx":
             metrics_file.read(d.source)
+        where = d.source if d.format == "tcx" else Path(out_dir) if out_dir else d.source.parent
+        if where.is_dir() and not os.access(where, os.W_OK):
+            raise NotWritableError(f"cannot write {where}: no write permission (or a read-only file system): "
+                                   "nothing was evaluated. Give out_dir= a folder you can write, or fix it.")
     placed = opened.placed()
     heldout, valid = opened.heldout(max_tokens)
     opened.check_widths()

@@ -53,8 +53,11 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
                     run_dir, path, e.strerror)
     try:
         if locked:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            except OSError as e:  # a full disk: the lock holds all the same; the run's own writes say so
+                log.warning("%s: cannot record this process in %s (%s)", run_dir, path, e.strerror)
         yield
     finally:
         if locked:

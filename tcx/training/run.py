@@ -157,6 +157,8 @@ class RunPlan(NamedTuple):
 
 def plan_run(cfg: DictConfig, run_dir: Path) -> RunPlan:
     refuse_unknown_keys(cfg)
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr={cfg.lr} must be positive.")
     spec = build_node(cfg.model, "model")
     spec.check_layer(cfg.layer)
     return RunPlan(spec, build_node(cfg.data, "data"), OmegaConf.to_object(cfg.trainer), *plan_members(cfg, run_dir))
