@@ -4,7 +4,8 @@ Two kinds of config live in `conf/`:
 
 * The primary config (`conf/train.yaml`) and the `trainer` group are typed by `TrainConfig` and
   `TrainerConfig` below, registered in Hydra's ConfigStore: a misspelt key or a wrong type fails at
-  compose time with the key's name.
+  compose time with the key's name. (Hydra's `+key=` adds a key even to a typed node: such a key is
+  refused before any work by `refuse_unknown_keys`.)
 * The `model`, `data` and `dictionary` groups are open: each YAML names its config dataclass with
   `_target_`, so a new kind is one module plus one YAML with no registry to edit. `build_node`
   checks such a node against its dataclass (unknown keys, types, `__post_init__` rules) before any

@@ -199,7 +199,7 @@ def test_resume_across_how_the_optimiser_computes_is_allowed(make_cfg, tmp_path)
     from before `fused: true` was the default resumes under it; any other optimizer key is refused."""
     from omegaconf import OmegaConf
 
-    from tcx.training.run import check_resume_config
+    from tcx.training.resume import check_resume_config
     OmegaConf.save(make_cfg("~optimizer.fused"), tmp_path / "config.yaml")
     check_resume_config(tmp_path, make_cfg())
     check_resume_config(tmp_path, make_cfg("optimizer.fused=false", "+optimizer.foreach=true"))
@@ -212,7 +212,7 @@ def test_a_key_left_out_counts_as_its_default_on_resume(make_cfg, tmp_path):
     dataclass) resumes where the value is the dataclass's default, and is refused where it is not."""
     from omegaconf import OmegaConf
 
-    from tcx.training.run import check_resume_config
+    from tcx.training.resume import check_resume_config
     OmegaConf.save(make_cfg("dictionary=topk", "~dictionary.aux_straight_through"), tmp_path / "config.yaml")
     check_resume_config(tmp_path, make_cfg("dictionary=topk", "dictionary.normalize=true"))
     with pytest.raises(ConfigError, match=r"`dictionary\.aux_straight_through` \(True, now False\)"):
@@ -226,7 +226,7 @@ def test_resume_refuses_a_trainer_setting_that_changes_what_is_trained(make_cfg,
     step runs or what is reported (the model's batch, evaluation, devices, the cache) may change."""
     from omegaconf import OmegaConf
 
-    from tcx.training.run import check_resume_config
+    from tcx.training.resume import check_resume_config
     OmegaConf.save(make_cfg(), tmp_path / "config.yaml")
     for override, named in [("trainer.lr_decay_fraction=0.9", r"`trainer\.lr_decay_fraction` \(0\.2, now 0\.9\)"),
                             ("trainer.lr_warmup_steps=3", "trainer.lr_warmup_steps"),

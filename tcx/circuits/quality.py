@@ -75,7 +75,7 @@ def mean(rows: list[dict[str, Any]], key: str) -> float | None:
 
 def ident(d: OpenedDictionary) -> str:
     """A run's name in the results: its folder, and its layer where one folder holds several layers."""
-    return str(d.source) if d.format == "tcx" else f"{d.source}#L{d.layer}"
+    return str(d.source) if d.owns_folder else f"{d.source}#L{d.layer}"
 
 
 def describe(d: OpenedDictionary) -> dict[str, Any]:
@@ -180,7 +180,7 @@ def circuit_quality(cfg: QualityConfig, out_dir: str | Path) -> dict[str, Any]:
         if (stability := mean(replicas, "node_overlap")) is not None:
             r["circuit_stability"] = stability
     for run, r in zip(runs, results, strict=True):  # a column this scoring has no value for is cleared
-        if run.format == "tcx" and metrics_file.exists(run.source):
+        if run.owns_folder and metrics_file.exists(run.source):
             metrics_file.update(run.source, {k: r.get(k) for k in QUALITY_COLUMNS})
     doc = {"prompts": list(cfg.prompts), "target": results[0]["prompts"][0]["target"],
            "context": [str(d.source) for d in context], "share": cfg.share, "match_cosine": cfg.match_cosine,

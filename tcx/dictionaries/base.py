@@ -90,6 +90,9 @@ class Dictionary(nn.Module):
 
     unit_decoder = False
     supports_auxk = False
+    """Dead latents are revived by AuxK's auxiliary loss (trainer.auxk)."""
+    resamples = True
+    """Dead features are restarted by trainer.resample_every_n_tokens (`restart_`)."""
 
     def __init__(self, cfg: DictionaryConfig, d_in: int, d_out: int, seed: int = 0):
         super().__init__()

@@ -74,6 +74,7 @@ class TopKDictionary(Dictionary):
     cfg: TopKConfig
     unit_decoder = True
     supports_auxk = True
+    resamples = False  # AuxK revives its dead latents
 
     def __init__(self, cfg: TopKConfig, d_in: int, d_out: int, seed: int = 0):
         super().__init__(cfg, d_in, d_out, seed)

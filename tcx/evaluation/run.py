@@ -128,9 +128,9 @@ def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: i
     a dictionary in another format gets eval_<name>.json beside its folder (or in `out_dir`)."""
     opened = open_runs(paths, model=model)
     for d in opened.dictionaries:  # what it cannot write is found before the work, not after
-        if d.format == "tcx":
+        if d.owns_folder:
             metrics_file.read(d.source)
-        where = d.source if d.format == "tcx" else Path(out_dir) if out_dir else d.source.parent
+        where = d.output_file("eval", out_dir).parent
         if where.is_dir() and not os.access(where, os.W_OK):
             raise NotWritableError(f"cannot write {where}: no write permission (or a read-only file system): "
                                    "nothing was evaluated. Give out_dir= a folder you can write, or fix it.")
@@ -142,16 +142,13 @@ def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: i
 
     results: dict = {"joint": joint, "dictionaries": {}, "written": []}
     for d, row, freq in zip(opened.dictionaries, rows, frequencies, strict=True):
-        if d.format == "tcx":  # a run dir: its own eval.json, and its metrics.json updated
-            where, suffix = d.source, ""
-            metrics_file.update(where, row)
-        else:  # another tool's folder: eval_<name>.json beside it (or in out_dir)
-            where, suffix = Path(out_dir) if out_dir else d.source.parent, f"_{d.name}"
-        results["dictionaries"][str(d.source) if d.format == "tcx" else d.name] = row
-        write_json(where / f"eval{suffix}.json", row)
-        results["written"].append(str(where / f"eval{suffix}.json"))
+        if d.owns_folder:  # a run dir: its metrics.json updated too
+            metrics_file.update(d.source, row)
+        results["dictionaries"][d.ident] = row
+        write_json(path := d.output_file("eval", out_dir), row)
+        results["written"].append(str(path))
         if plots:
-            density_histogram(freq, where / f"feature_density{suffix}.png", f"{d.name}: L0 {row['l0']:.1f}")
+            density_histogram(freq, d.output_file("feature_density", out_dir, ".png"), f"{d.name}: L0 {row['l0']:.1f}")
     if len(placed) > 1:
         write_json(Path(out_dir or opened.dictionaries[0].source.parent) / "eval_joint.json",
                    {"dictionaries": [str(d.source) for d in opened.dictionaries], **joint})

@@ -78,12 +78,12 @@ def read_features(paths: list[str | Path], settings: FeaturesConfig, features: l
         doc = report(d, r, s, maps, lm, read[:, valid], test[:, valid], settings, features)
         doc["throughput"] = {k: results[k] for k in ("tokens", "seconds", "tokens_per_second")}
         path = d.features_file(out_dir, selected=bool(features))
-        if d.format == "tcx" and not features:
+        if d.owns_folder and not features:
             metrics_file.update(d.source, {k: doc["summary"][k] for k in SCORE_KEYS})
         text = json.dumps(doc, separators=(",", ":"))  # compact: tens of MB at 24k features
         write_text(path, text)
         write_page(doc, text, path.with_suffix(".html"))
-        results["dictionaries"][str(d.source) if d.format == "tcx" else d.name] = doc["summary"]
+        results["dictionaries"][d.ident] = doc["summary"]
         results["written"] += [str(path), str(path.with_suffix(".html"))]
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the pages included
     return results

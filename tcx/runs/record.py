@@ -57,16 +57,29 @@ class OpenedDictionary:
     def name(self) -> str:
         """A short name for files about it: its folder, and its layer when a source holds several."""
         stem = self.source.stem if self.source.is_file() else self.source.name
-        return stem if self.format == "tcx" or self.layer is None else f"{stem}-L{self.layer}"
+        return stem if self.owns_folder or self.layer is None else f"{stem}-L{self.layer}"
+
+    @property
+    def owns_folder(self) -> bool:
+        """A tcx run dir: what is measured about it goes inside it, and into its metrics.json. Another
+        tool's folder is not ours to write into."""
+        return self.format == "tcx"
+
+    @property
+    def ident(self) -> str:
+        """Its key in results: a run's folder, another format's name (with its layer)."""
+        return str(self.source) if self.owns_folder else self.name
+
+    def output_file(self, stem: str, out_dir: str | Path | None = None, suffix: str = ".json") -> Path:
+        """Where a tool writes `<stem>` about it: `<run dir>/<stem>.json` for a tcx run; for another
+        format `<stem>_<name>.json` beside its file or folder (or in `out_dir`)."""
+        if self.owns_folder:
+            return self.source / f"{stem}{suffix}"
+        return (Path(out_dir) if out_dir else self.source.parent) / f"{stem}_{self.name}{suffix}"
 
     def features_file(self, out_dir: str | Path | None = None, selected: bool = False) -> Path:
-        """Where `tcx-features` writes this dictionary's features.json (and circuits' cards read it):
-        a tcx run's own folder; for another format, `features_<name>.json` beside its file or folder
-        (or in `out_dir`), since that folder is not ours to write into."""
-        tag = "_selected" if selected else ""
-        if self.format == "tcx":
-            return self.source / f"features{tag}.json"
-        return (Path(out_dir) if out_dir else self.source.parent) / f"features_{self.name}{tag}.json"
+        """Where `tcx-features` writes this dictionary's features.json (and circuits' cards read it)."""
+        return self.output_file("features", out_dir, "_selected.json" if selected else ".json")
 
     @property
     def placed(self) -> Placed:

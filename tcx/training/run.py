@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import importlib
 import logging
 import os
 import warnings
@@ -19,13 +17,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from tcx import metrics_file
-from tcx.config import TrainerConfig, build_node, load_config, refuse_unknown_keys
+from tcx.config import TrainerConfig, build_node, refuse_unknown_keys
 from tcx.data.corpus import Corpus
 from tcx.data.windows import TokenWindows, load_windows
 from tcx.errors import CheckpointError, ConfigError
 from tcx.io import write_json, write_text
 from tcx.models.lm import LanguageModel
-from tcx.models.spec import ModelSpec, moved_target
+from tcx.models.spec import ModelSpec
 from tcx.training.callbacks import DeadFeatures, MemberLogs, MemberOutputs, Throughput, TrainingState
 from tcx.training.checkpoint import AtomicCheckpointIO, resume_checkpoint, tidy_run_dir
 from tcx.training.data import ActivationData
@@ -33,6 +31,7 @@ from tcx.training.lock import run_dir_lock
 from tcx.training.members import Member, plan_members
 from tcx.training.module import DictionaryBank
 from tcx.training.preemption import CheckpointOnSignal
+from tcx.training.resume import check_resume_config
 from tcx.training.schedule import Schedule
 from tcx.training.summary import print_summary
 
@@ -46,70 +45,6 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module=r"lightning\..*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-# Changing these between a run and its resume would silently mix two experiments.
-_FIXED_ON_RESUME = ("model", "layer", "dictionary", "bank", "data", "seed", "lr", "optimizer", "trainer",
-                    "callbacks.auxk", "callbacks.resample")
-_HOW_NOT_WHAT = ("optimizer.fused", "optimizer.foreach", *(f"trainer.{key}" for key in (
-    "model_batch_size", "checkpoint_every_n_steps", "log_every_n_steps", "metrics_window_steps",
-    "eval_tokens", "eval_every_n_tokens", "accelerator", "devices", "num_nodes", "strategy", "compile",
-    "progress_bar", "activation_cache", "profiler")))
-"""Keys under those that change how a step is computed or what is reported, not what is trained (the
-same weights, or the same up to float rounding: the fused optimiser, the model's batch, the compiled
-step): a run resumes across them, on another machine or allocation too."""
-_SCHEMAS = {"trainer": TrainerConfig}
-"""Nodes typed by a dataclass rather than a `_target_`: a key a saved config predates is its default."""
-
-
-def _leaves(value, prefix: str) -> dict[str, object]:
-    if isinstance(value, dict):
-        value = {**_defaults(value.get("_target_") or _SCHEMAS.get(prefix)), **value}
-        return {k: v for key, sub in value.items() for k, v in _leaves(sub, f"{prefix}.{key}").items()}
-    if prefix.endswith("._target_") and isinstance(value, str):
-        value = moved_target(value)  # run dirs from before a class moved name it by its old path
-    return {prefix: value}
-
-
-def _defaults(target) -> dict[str, object]:
-    """The default of each field of a `_target_` node's config dataclass: a key its YAML leaves out
-    (or that a run dir's saved config predates) counts as that value."""
-    if isinstance(target, str):  # a config class; a callback's factory (`AuxK.build`) has no defaults
-        module, _, name = moved_target(target).rpartition(".")
-        try:
-            target = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError, ValueError):  # a class gone since: the saved keys alone
-            return {}
-    if not dataclasses.is_dataclass(target):
-        return {}
-    return {f.name: f.default for f in dataclasses.fields(target) if f.default is not dataclasses.MISSING}
-
-
-def check_resume_config(run_dir: Path, cfg: DictConfig, trained: str | None = None) -> None:
-    """Refuse to resume a checkpoint under settings that change what is trained; name each key.
-    `trained`: the config the checkpoint holds (checkpoints before it hold none: the run dir's
-    config.yaml then stands for it, and a run dir with neither resumes unchecked)."""
-    saved_path = run_dir / "config.yaml"
-    if trained is None and not saved_path.exists():
-        return
-    saved = load_config(saved_path if trained is None else None, trained, f"{run_dir}/checkpoints/last.ckpt")
-    differ = []
-    for key in _FIXED_ON_RESUME:
-        if OmegaConf.select(saved, key.split(".")[0]) is None and "." in key:
-            continue  # a group the saved config predates (callbacks): it ran what was built in then
-        old, new = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
-        old = OmegaConf.to_container(old, resolve=True) if OmegaConf.is_config(old) else old
-        new = OmegaConf.to_container(new, resolve=True) if OmegaConf.is_config(new) else new
-        old_leaves, new_leaves = _leaves(old, key), _leaves(new, key)
-        differ += [f"`{k}` ({old_leaves.get(k)!r}, now {new_leaves.get(k)!r})"
-                   for k in sorted(set(old_leaves) | set(new_leaves))
-                   if old_leaves.get(k) != new_leaves.get(k) and k not in _HOW_NOT_WHAT
-                   and not (key in _SCHEMAS and k not in new_leaves)]  # a key removed since
-    if differ:
-        raise ConfigError(
-            f"{run_dir} holds a checkpoint started with a different " + ", ".join(differ[:5])
-            + (f" and {len(differ) - 5} more" if len(differ) > 5 else "") + ": resuming would mix two "
-            "experiments. Use a new run dir (hydra.run.dir=...) or the old values.")
-
 
 def make_callbacks(cfg: DictConfig, tcfg: TrainerConfig, members, windows, meta: dict,
                    run_dir: Path) -> tuple[list[L.Callback], MemberOutputs]:

@@ -10,10 +10,10 @@ from tcx.training.callbacks.state import TrainingState
 
 
 class Resample(L.Callback):
-    """Every N steps, restart the dead features of penalty-sparsified kinds (ReLU, gated, JumpReLU)
-    on the rows they reconstruct worst, each kind as its `restart_` says, and clear Adam's moments
-    for them. Under DDP the rows are drawn from the global batch (gathered in rank order), so every
-    replica restarts alike, and as one process would."""
+    """Every N steps, restart the dead features of the kinds that resample (`Dictionary.resamples`:
+    the penalty-sparsified ReLU, gated, JumpReLU) on the rows they reconstruct worst, each kind as
+    its `restart_` says, and clear Adam's moments for them. Under DDP the rows are drawn from the
+    global batch (gathered in rank order), so every replica restarts alike, and as one process would."""
 
     def __init__(self, dead: DeadFeatures, every_steps: int, seed: int):
         self.dead, self.every_steps, self.seed = dead, every_steps, seed
@@ -38,7 +38,7 @@ class Resample(L.Callback):
         outs = pl_module.step_outputs
         for key, d in pl_module.members.items():
             dead = self.dead.mask(key)
-            if d.supports_auxk or key not in outs or dead is None or not dead.any():
+            if not d.resamples or key not in outs or dead is None or not dead.any():
                 continue  # (a retired member has no output)
             dead = dead.to(d.W_enc.device)
             input_hook, target_hook = pl_module.reads[key]
