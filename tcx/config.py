@@ -170,7 +170,9 @@ class EvalConfig:
     dense_threshold: float = 0.1
     """A feature firing on more than this fraction of tokens counts as dense."""
     out_dir: str | None = None
-    """Where the joint numbers of several dictionaries go (default: beside the first)."""
+    """Write everything here (eval_<name>.json, the joint numbers), leaving the runs' own eval.json
+    and metrics.json as they are: a quick check that replaces nothing. Default: a tcx run's own
+    folder (and its metrics.json); beside another tool's folder; the joint numbers beside the first."""
     plots: bool = True
     model: Any = None
     """`model=<conf/model option>` (its node, composed like tcx-train's), for folders from other

@@ -354,3 +354,19 @@ def test_tcx_eval_finds_a_folder_it_cannot_write_before_the_work(make_cfg, tmp_p
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # root may write anywhere: simulated
     with pytest.raises(NotWritableError, match=r"cannot write .*run: no write permission.*nothing was evaluated"):
         evaluate([tmp_path / "run"], max_tokens=256, plots=False)
+
+
+def test_tcx_eval_out_dir_leaves_the_runs_and_skips_a_meaningless_joint(make_cfg, tmp_path, caplog):
+    """`out_dir=` was ignored for tcx runs: a quick check replaced the run's held-out numbers. Two
+    dictionaries on one hook got 'joint' numbers that were the last one's alone."""
+    import json
+
+    from tcx.evaluation.run import evaluate
+
+    train(make_cfg("trainer.max_tokens=2048", "bank=[{name: a}, {name: b, l1_coeff: 1.0}]"), tmp_path / "bank")
+    before = {m: (tmp_path / "bank" / m / "metrics.json").read_text() for m in ("a", "b")}
+    done = evaluate([tmp_path / "bank"], max_tokens=256, plots=False, out_dir=tmp_path / "quick")
+    assert {m: (tmp_path / "bank" / m / "metrics.json").read_text() for m in ("a", "b")} == before
+    assert sorted(p.name for p in (tmp_path / "quick").iterdir()) == ["eval_a.json", "eval_b.json"]
+    assert json.loads((tmp_path / "quick" / "eval_a.json").read_text())["eval_tokens"] < 1024
+    assert done["joint"] is None and "no joint numbers" in caplog.text

@@ -328,16 +328,18 @@ def test_a_packed_jobs_points_are_its_member_folders_not_a_run_moved_aside(tmp_p
 
 
 def test_a_member_folder_given_to_a_cli_unquoted_reaches_hydra_whole():
-    """`tcx-eval run=<sweep>/0/l1_coeff=0.3-k=8` as typed: Hydra's grammar refuses a bare '=' in a
-    value, so the CLIs quote it; lists and values already quoted are the user's to write."""
+    """`tcx-eval run=<sweep>/0/l1_coeff=0.3-k=8`, `tcx-circuit prompt=def foo(x): ...` as typed:
+    Hydra's grammar refuses a bare '=' or '(' in a value, so the CLIs quote it; lists and values
+    already quoted are the user's to write."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from tcx.cli.common import quote_paths
 
     typed = ["run=out/0/l1_coeff=0.3-k=8", "out_dir=it's/a=b\\", "max_tokens=4096", "dictionaries=[a, b]",
-             "hydra/launcher=slurm"]
+             "hydra/launcher=slurm", "prompt=def foo(x): return {x}"]
     parsed = OverridesParser.create().parse_overrides(quote_paths(typed))
-    assert [o.value() for o in parsed] == ["out/0/l1_coeff=0.3-k=8", "it's/a=b\\", 4096, ["a", "b"], "slurm"]
+    assert [o.value() for o in parsed] == ["out/0/l1_coeff=0.3-k=8", "it's/a=b\\", 4096, ["a", "b"], "slurm",
+                                           "def foo(x): return {x}"]
     with pytest.raises(Exception, match="mismatched input '='"):
         OverridesParser.create().parse_overrides(typed[:1])
 

@@ -34,14 +34,19 @@ _OVERRIDE = re.compile(r"^([+~]{0,2}[\w.@/-]+)=(.*)$", re.DOTALL)
 
 
 def quote_paths(argv: list[str]) -> list[str]:
-    """Quote an override's value that has '=' in it, which Hydra's grammar refuses unquoted: bank and
-    sweep members live in folders named `l1_coeff=0.3`, and `run=<sweep>/0/l1_coeff=0.3` should open
-    one as typed (or tab-completed). Lists, dicts and quoted values are left as they are."""
-    out = []
+    """Quote an override's value that Hydra's grammar refuses unquoted, as typed: a member folder's
+    '=' (`run=<sweep>/0/l1_coeff=0.3`), a prompt's brackets or colon (`prompt=def f(x): return x`).
+    Lists, dicts and quoted values are left as they are: Hydra reads those itself."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, out = OverridesParser.create(), []
     for arg in argv:
         m = _OVERRIDE.match(arg)
-        if m and "=" in m[2] and not m[2].startswith(("[", "{", "'", '"')):
-            arg = f"{m[1]}={quoted(m[2])}"
+        if m and m[2] and not m[2].startswith(("[", "{", "'", '"')):
+            try:
+                parser.parse_overrides([arg])
+            except Exception:  # noqa: BLE001 - Hydra raises its own OverrideParseException
+                arg = f"{m[1]}={quoted(m[2])}"
         out.append(arg)
     return out
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -33,13 +34,16 @@ def evaluate_app(cfg: DictConfig) -> None:
                        cfg.plots, cfg.model)
     rows = results["dictionaries"]
     print(f"\nfidelity: {next(iter(rows.values()))['fidelity_metric']}")
+    names = [Path(name).name for name in rows]
+    w = min(24, max(10, *map(len, names)))
+    if len(rows) > 1:  # which column is which
+        print(f"{'':>18}  " + "  ".join(f"{name[-w:]:>{w}}" for name in names))
     for key in COLUMNS:
         values = [r.get(key) for r in rows.values()]
         if any(v is not None for v in values):
-            cells = (f"{v:>10.4f}" if v is not None else f"{'-':>10}" for v in values)
+            cells = (f"{v:>{w}.4f}" if v is not None else f"{'-':>{w}}" for v in values)
             print(f"{key:>18}  " + "  ".join(cells))
-    if len(rows) > 1:
-        joint = results["joint"]
+    if len(rows) > 1 and (joint := results["joint"]) is not None:
         print(f"joint: spliced {joint['loss_spliced']:.4f}  clean {joint['loss_clean']:.4f}  "
               f"recovered_zero {joint['recovered_zero']:.4f}  recovered_mean {joint['recovered_mean']:.4f}")
     for path in results["written"]:

@@ -7,6 +7,8 @@ training never sees.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from tcx.evaluation.plots import density_histogram
 from tcx.evaluation.splice import ablation_hooks, splice_hooks, target_means
 from tcx.io import write_json
 from tcx.runs import Placed, open_runs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -125,10 +129,11 @@ def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: i
              model: str | dict | None = None) -> dict:
     """Evaluate saved dictionaries (run dirs, sweep dirs, exported or foreign folders) spliced into
     their model. A tcx run gets eval.json (and its metrics.json updated) beside its dictionary;
-    a dictionary in another format gets eval_<name>.json beside its folder (or in `out_dir`)."""
+    a dictionary in another format gets eval_<name>.json beside its folder. With `out_dir` every
+    file goes there, eval_<name>.json, and the runs are left as they were."""
     opened = open_runs(paths, model=model)
     for d in opened.dictionaries:  # what it cannot write is found before the work, not after
-        if d.owns_folder:
+        if d.writes_into_run(out_dir):
             metrics_file.read(d.source)
         where = d.output_file("eval", out_dir).parent
         if where.is_dir() and not os.access(where, os.W_OK):
@@ -137,22 +142,40 @@ def evaluate(paths: list[str | Path], max_tokens: int = 32_768, batch_windows: i
     placed = opened.placed()
     heldout, valid = opened.heldout(max_tokens)
     opened.check_widths()
+    shared = len({p.target_hook for p in placed}) < len(placed)
+    if shared:  # spliced together, the last would replace the others' output: no joint numbers
+        log.warning("several dictionaries write the same hook: each is evaluated alone, and no joint "
+                    "numbers are computed (spliced together, the last would replace the others)")
     rows, joint, frequencies = measure(opened.lm, placed, heldout, valid, batch_windows, dense_threshold,
-                                       cache_dir=opened.cache_dir)
+                                       joint=not shared, cache_dir=opened.cache_dir)
+    for d, row in zip(opened.dictionaries, rows, strict=True):
+        warn_if_unstable(d.name, row)
 
     results: dict = {"joint": joint, "dictionaries": {}, "written": []}
     for d, row, freq in zip(opened.dictionaries, rows, frequencies, strict=True):
-        if d.owns_folder:  # a run dir: its metrics.json updated too
+        if d.writes_into_run(out_dir):  # its metrics.json updated too
             metrics_file.update(d.source, row)
         results["dictionaries"][d.ident] = row
         write_json(path := d.output_file("eval", out_dir), row)
         results["written"].append(str(path))
         if plots:
             density_histogram(freq, d.output_file("feature_density", out_dir, ".png"), f"{d.name}: L0 {row['l0']:.1f}")
-    if len(placed) > 1:
+    if len(placed) > 1 and joint is not None:
         write_json(Path(out_dir or opened.dictionaries[0].source.parent) / "eval_joint.json",
                    {"dictionaries": [str(d.source) for d in opened.dictionaries], **joint})
     return results
+
+
+def warn_if_unstable(name: str, row: dict[str, float]) -> None:
+    """A recovered fraction is (L_ablated - L_spliced) / (L_ablated - L_clean): where ablating the
+    layer hardly changes the loss, its denominator is noise, and the fraction lands anywhere."""
+    for kind in ("zero", "mean"):
+        value, gap = row.get(f"recovered_{kind}"), row[f"loss_{kind}_ablated"] - row["loss_clean"]
+        if value is not None and math.isfinite(value) and not -0.1 <= value <= 1.1:
+            log.warning("%s: recovered_%s = %.3f lies outside [0, 1]: %s-ablating this layer changes the "
+                        "loss by only %.4g, against %.4g for the dictionary, so the fraction says little "
+                        "here; read loss_spliced against loss_clean instead", name, kind, value, kind, gap,
+                        row["loss_spliced"] - row["loss_clean"])
 
 
 def fidelity(loss: dict[str, float], spliced: str, kind: str, ablated: str = "") -> dict[str, float]:

@@ -37,7 +37,8 @@ class FeaturesConfig:
     """A feature firing on more than this fraction of tokens counts as dense (the page can hide them)."""
     seed: int = 0
     out_dir: str | None = None
-    """Where files about folders in other tools' formats go (default: beside them)."""
+    """Write the pages here (features_<name>.json/.html), leaving the runs as they are. Default: a tcx
+    run's own folder (and its metrics.json); beside another tool's folder."""
     model: Any = None
     """`model=<conf/model option>` (its node, composed like tcx-train's), for folders from other
     tools that do not name a model tcx knows; from Python, the option's name."""

@@ -78,7 +78,7 @@ def read_features(paths: list[str | Path], settings: FeaturesConfig, features: l
         doc = report(d, r, s, maps, lm, read[:, valid], test[:, valid], settings, features)
         doc["throughput"] = {k: results[k] for k in ("tokens", "seconds", "tokens_per_second")}
         path = d.features_file(out_dir, selected=bool(features))
-        if d.owns_folder and not features:
+        if d.writes_into_run(out_dir) and not features:
             metrics_file.update(d.source, {k: doc["summary"][k] for k in SCORE_KEYS})
         text = json.dumps(doc, separators=(",", ":"))  # compact: tens of MB at 24k features
         write_text(path, text)

@@ -70,10 +70,15 @@ class OpenedDictionary:
         """Its key in results: a run's folder, another format's name (with its layer)."""
         return str(self.source) if self.owns_folder else self.name
 
+    def writes_into_run(self, out_dir: str | Path | None) -> bool:
+        """What a tool measures goes into the run dir (and its metrics.json): a tcx run, no `out_dir`."""
+        return self.owns_folder and out_dir is None
+
     def output_file(self, stem: str, out_dir: str | Path | None = None, suffix: str = ".json") -> Path:
-        """Where a tool writes `<stem>` about it: `<run dir>/<stem>.json` for a tcx run; for another
-        format `<stem>_<name>.json` beside its file or folder (or in `out_dir`)."""
-        if self.owns_folder:
+        """Where a tool writes `<stem>` about it: `<run dir>/<stem>.json` for a tcx run; given an
+        `out_dir`, or for another format, `<stem>_<name>.json` there (or beside its file or folder),
+        leaving the run as it was."""
+        if self.writes_into_run(out_dir):
             return self.source / f"{stem}{suffix}"
         return (Path(out_dir) if out_dir else self.source.parent) / f"{stem}_{self.name}{suffix}"
 
