@@ -56,7 +56,10 @@ def test_tcx_circuit_writes_every_file(copies, tmp_path):
     ids = {n["node_id"] for n in doc["nodes"]}
     assert {ln["source"] for ln in doc["links"]} <= ids and {ln["target"] for ln in doc["links"]} <= ids
     assert sum(n["is_target_logit"] for n in doc["nodes"]) == 1
+    (target,) = [n["clerp"] for n in doc["nodes"] if n["is_target_logit"]]  # what it predicts, not reads
+    assert target.startswith("logit('a') - logit('b') at @"), target
     assert any(n["feature_type"] == "cross layer transcoder" for n in doc["nodes"])
+    assert summary["kept_feature_nodes"] == sum(n["feature_type"] == "cross layer transcoder" for n in doc["nodes"])
     assert doc["metadata"]["prompt_tokens"][0] == "<bos>"
     assert len((out / "paths.txt").read_text().splitlines()) == 5
     html = (out / "circuit.html").read_text()

@@ -81,6 +81,10 @@ def test_cli_writes_csv_page_and_picks_the_best(sweep, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tcx.cli.compare", str(sweep), "--by", "nope"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "available:" in bad.stderr
+    for flag in ("--best", "--filter"):  # it said "no metric 'recovered_mean'; available: ."
+        none = subprocess.run([sys.executable, "-m", "tcx.cli.compare", str(sweep), flag, "l0<=0",
+                               "--out", str(tmp_path / "none")], capture_output=True, text=True)
+        assert none.returncode == 1 and "no run passes" in none.stderr and "(3 runs read)" in none.stderr, none.stderr
 
 
 def test_empty_dir_is_a_clear_error(tmp_path):

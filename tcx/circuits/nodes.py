@@ -45,7 +45,9 @@ class Node:
             return str(n_layers + 1)
         return "E" if self.layer is None or self.layer < 0 else str(self.layer)
 
-    def describe(self, tokens: list[str]) -> str:
+    def describe(self, tokens: list[str], target: str | None = None) -> str:
+        """`target`: the label of the target this graph explains (`logit(' r')`), which its target node
+        shows: the token at a logit's position is the one it reads, not the one it predicts."""
         def at(pos: int | None) -> str:
             return f"@{pos} {tokens[pos]!r}" if pos is not None and 0 <= pos < len(tokens) else ""
 
@@ -57,6 +59,8 @@ class Node:
         if k == "bias":
             return {-1: "embedding biases"}.get(self.layer, f"L{self.layer} biases" if self.layer is not None
                                                  else "biases")
+        if target is not None and k in ("logit", "target"):
+            return f"{target} at {where}".strip() if where else target
         names = {"feature": f"L{self.layer} feature {self.index}", "error": f"L{self.layer} MLP error",
                  "mlp": f"L{self.layer} MLP (no transcoder)", "pruned": f"L{self.layer} other sources",
                  "embedding": "token", "logit": "logit", "target": "target"}

@@ -182,7 +182,9 @@ def circuit_quality(cfg: QualityConfig, out_dir: str | Path) -> dict[str, Any]:
     for run, r in zip(runs, results, strict=True):  # a column this scoring has no value for is cleared
         if run.owns_folder and metrics_file.exists(run.source):
             metrics_file.update(run.source, {k: r.get(k) for k in QUALITY_COLUMNS})
-    doc = {"prompts": list(cfg.prompts), "target": results[0]["prompts"][0]["target"],
+    targets = list(dict.fromkeys(p["target"] for p in results[0]["prompts"]))  # a top logit: per prompt
+    doc = {"prompts": list(cfg.prompts), "target": targets[0] if len(targets) == 1 else "per prompt",
+           "targets": [p["target"] for p in results[0]["prompts"]],
            "context": [str(d.source) for d in context], "share": cfg.share, "match_cosine": cfg.match_cosine,
            "runs": results, "pairs": pairs, "skipped": skipped, "seconds": time.perf_counter() - started,
            "tokens": sum(p["tokens"] for p in results[0]["prompts"]) * len(results)}

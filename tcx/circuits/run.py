@@ -89,7 +89,7 @@ def run_circuit(cfg: CircuitConfig, out_dir: str | Path) -> dict[str, Any]:
            "scores": graph_scores, "n_layers": rm.n_layers, "cards": card_json, "summary": summary}
     doc = graph_document(graph, pruned.nodes, pruned.edges, pruned.node_influence, meta, tcx)
     activation = {Node("feature", lyr, p, i): z for lyr, p, i, z in sources.active()}
-    path_doc = path_document(paths, rm.n_layers, graph.tokens, meta, tcx, activation)
+    path_doc = path_document(paths, rm.n_layers, graph.tokens, meta, tcx, activation, graph.target.label)
     write_json(out_dir / "graph.json", doc)
     write_feature_files(doc, cards.notes, out_dir)
     write_json(out_dir / "paths.json", path_doc)
@@ -109,7 +109,9 @@ def _summary(cfg: CircuitConfig, rm: ReplacementModel, graph: AttributionGraph, 
         "transcoder_layers": sorted(rm.codes), "target": target.label, "target_value": target.value,
         "target_constant": target.constant, "active_features": graph.extra["active_features"],
         "feature_nodes": graph.extra["feature_nodes"], "nodes": len(graph.nodes),
-        "pruned_nodes": int(keep.sum()), "replacement_score": graph_scores["replacement"],
+        "pruned_nodes": int(keep.sum()), "kept_feature_nodes": sum(
+            bool(k) and n.kind == "feature" for n, k in zip(graph.nodes, keep.tolist(), strict=True)),
+        "replacement_score": graph_scores["replacement"],
         "completeness_score": graph_scores["completeness"], "replay_error": rm.replay_error,
         "row_residual": graph.row_residual, "paths": len(paths.paths), "seconds": round(seconds, 2),
     }

@@ -23,13 +23,15 @@ def cantor(layer: int, index: int) -> int:
 
 
 def _node_json(node: Node, n_layers: int, tokens: list[str], node_id: str, activation: float | None,
-               influence: float | None, token_prob: float = 0.0) -> dict[str, Any]:
+               influence: float | None, token_prob: float = 0.0, target: str | None = None) -> dict[str, Any]:
+    """`target`: the target's own label (`logit(' r')`), which its node shows."""
+    clerp = node.describe(tokens, target)
     return {
         "node_id": node_id, "jsNodeId": node_id,
         "feature": cantor(node.layer, node.index) if node.kind == "feature" else -1,
         "layer": node.layer_label(n_layers), "ctx_idx": int(node.pos or 0), "feature_type": FEATURE_TYPE[node.kind],
         "token_prob": token_prob, "is_target_logit": node.kind in ("logit", "target"), "run_idx": 0,
-        "reverse_ctx_idx": 0, "clerp": node.describe(tokens),
+        "reverse_ctx_idx": 0, "clerp": clerp,
         "influence": None if influence is None else float(influence),
         "activation": None if activation is None else float(activation),
     }
@@ -48,7 +50,7 @@ def graph_document(graph: AttributionGraph, keep: torch.Tensor, edges: torch.Ten
     n, ids = graph.n_layers, [node.node_id(graph.n_layers) for node in graph.nodes]
     assert len(set(ids)) == len(ids), "two nodes share an id"
     nodes = [_node_json(node, n, graph.tokens, ids[i], float(graph.activations[i]), float(node_influence[i]),
-                        graph.target.token_prob if node.kind == "logit" else 0.0)
+                        graph.target.token_prob if node.kind == "logit" else 0.0, graph.target.label)
              for i, node in enumerate(graph.nodes) if keep[i]]
     dst, src = edges.nonzero(as_tuple=True)
     links = [{"source": ids[s], "target": ids[d], "weight": float(graph.adjacency[d, s])}
@@ -57,14 +59,14 @@ def graph_document(graph: AttributionGraph, keep: torch.Tensor, edges: torch.Ten
 
 
 def path_document(paths: PathGraph, n_layers: int, tokens: list[str], meta: dict[str, Any],
-                  tcx: dict[str, Any], activations: dict[Node, float]) -> dict[str, Any]:
+                  tcx: dict[str, Any], activations: dict[Node, float], target: str | None = None) -> dict[str, Any]:
     """Path-search nodes are routes (a node as reached from the target): ids get the route's number."""
     number = {route: k for k, route in enumerate(paths.values)}
 
     def ident(route: tuple[Node, ...]) -> str:
         return f"{route[-1].node_id(n_layers)}~{number[route]}"
 
-    nodes = [_node_json(route[-1], n_layers, tokens, ident(route), activations.get(route[-1]), value)
+    nodes = [_node_json(route[-1], n_layers, tokens, ident(route), activations.get(route[-1]), value, target=target)
              for route, value in paths.values.items()]
     links = [{"source": ident(c), "target": ident(p), "weight": v} for (c, p), v in paths.edges.items()]
     listed = [{"value": p.value, "nodes": [ident(tuple(p.nodes[: k + 1])) for k in range(len(p.nodes))

@@ -42,6 +42,10 @@ def circuit(cfg: DictConfig) -> None:
     print(f"{s['active_features']} active features, {s['feature_nodes']} with rows, {s['pruned_nodes']} nodes "
           f"after pruning; replacement {s['replacement_score']:.3f}, completeness {s['completeness_score']:.3f} "
           f"({s['seconds']:.1f} s)")
+    if s["kept_feature_nodes"] == 0:
+        print(f"note: no feature node survived pruning (prune.node_threshold={cfg.prune.node_threshold} keeps "
+              "the nodes holding that share of the influence): the graph shows tokens, errors and biases "
+              "only. Raise it (prune.node_threshold=0.95) to keep features.")
     print("\ntop paths:")
     print((out["out_dir"] / "paths.txt").read_text())
     for name in ("graph.json", "circuit.html", "circuit.png", "paths.txt", "paths.html", "graph.safetensors"):

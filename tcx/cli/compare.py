@@ -49,13 +49,19 @@ def run(argv: list[str]) -> int:
     by = args.by or ("recovered_mean" if "recovered_mean" in metric_names(runs.rows) else "l0")
     check_metric(runs.rows, by)
     if args.best is not None:
-        best = [r for r in rank(keep(runs.rows, args.best), by) if has(r, by)]
+        passing = keep(runs.rows, args.best)
+        best = [r for r in rank(passing, by) if has(r, by)] if passing else []
         if not best:
-            print(f"error: no run passes {args.best!r}", file=sys.stderr)
+            print(f"error: no run passes {args.best!r}" + (f" with a value of {by}" if passing else "")
+                  + f" ({len(runs.rows)} runs read)", file=sys.stderr)
             return 1
         print(best[0]["run"])
         return 0
-    rows = rank(keep(runs.rows, args.filter), by)
+    rows = keep(runs.rows, args.filter)
+    if not rows:
+        raise SystemExit(f"error: no run passes --filter {args.filter!r} ({len(runs.rows)} runs read); nothing "
+                         "was written.")
+    rows = rank(rows, by)
     out = Path(args.out or (args.paths[0] if Path(args.paths[0]).is_dir() else "."))
     labels = varied(rows)
     scored = [k for k in INTERPRETABILITY + CIRCUITS if any(k in r for r in rows)]  # after tcx-features/-circuit

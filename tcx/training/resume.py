@@ -74,4 +74,5 @@ def check_resume_config(run_dir: Path, cfg: DictConfig, trained: str | None = No
         raise ConfigError(
             f"{run_dir} holds a checkpoint started with a different " + ", ".join(differ[:5])
             + (f" and {len(differ) - 5} more" if len(differ) > 5 else "") + ": resuming would mix two "
-            "experiments. Use a new run dir (hydra.run.dir=...) or the old values.")
+            "experiments. Use a new run dir (hydra.run.dir=...), the old values, or resume=false to start "
+            "this one afresh (the old run is kept, moved to old-<time>/).")
