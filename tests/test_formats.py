@@ -33,7 +33,7 @@ def run_dir(make_cfg, path, name: str, layer: int = 1, sae: bool = False, **cfg_
         d.threshold.fill_(0.05)
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    save_dictionary(d, path, {"model": spec.name, "layer": layer, "training_tokens": 4096,
+    save_dictionary(d, path, {"model": spec.name, "layer": layer, "training_tokens": 4096, "seed": 3,
                               "input_hook": spec.hook(d.cfg.input_site, layer),
                               "target_hook": spec.hook(d.cfg.target_site, layer)})
     return path
@@ -48,6 +48,14 @@ def same_outputs(a, b) -> None:
     assert (a.input_hook, a.target_hook) == (b.input_hook, b.target_hook)
 
 
+def same_settings(original, back) -> None:
+    """What it was trained with (l1_coeff, expansion_factor, ...) comes back, not the kind's defaults."""
+    config = back.meta["config"]
+    assert back.meta["seed"] == original.meta["seed"] == 3
+    assert {k: v for k, v in original.meta["config"].items() if k in config} == {
+        k: config[k] for k in original.meta["config"] if k in config}
+
+
 CASES = [("saelens", "transcoder", False), ("saelens", "sae", False), ("saelens", "topk", True),
          ("saelens", "jumprelu", False), ("saelens", "batchtopk", False), ("saelens", "gated", True),
          ("sparsify", "topk", False), ("sparsify", "topk", True), ("sparsify", "skip_transcoder", False)]
@@ -60,6 +68,7 @@ def test_round_trip_through_each_format_is_the_same_dictionary(make_cfg, tmp_pat
     (original,), (back,) = open_runs([run]).dictionaries, open_runs([tmp_path / "out"]).dictionaries
     assert back.format == fmt and back.meta["model"] == "tiny"
     same_outputs(original, back)
+    same_settings(original, back)
     if fmt == "saelens":  # tensors stored as they are: bit-identical
         assert torch.equal(back.dictionary.W_dec, original.dictionary.W_dec)
         assert torch.equal(back.dictionary.W_enc, original.dictionary.W_enc)
@@ -82,6 +91,7 @@ def test_circuit_tracer_set_round_trips_every_layer(make_cfg, tmp_path):
     assert [d.layer for d in back] == [0, 1]
     for run, b in zip(runs, back, strict=True):
         same_outputs(open_runs([run]).dictionaries[0], b)
+        same_settings(open_runs([run]).dictionaries[0], b)
 
 
 def test_kinds_a_format_cannot_express_are_refused_naming_the_ones_that_can(make_cfg, tmp_path):

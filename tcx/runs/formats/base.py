@@ -77,6 +77,11 @@ def imported(dictionary: Dictionary, params: dict[str, torch.Tensor], *, source:
     info = {**describe(dictionary), "model": side.get("model") or model, "layer": layer_of(input_hook),
             "input_hook": input_hook, "target_hook": target_hook, "units": "model", "imported_from": fmt,
             "training_tokens": side.get("training_tokens"), **meta}
+    trained = side.get("layers", {}).get(str(info["layer"])) or side  # a transcoder set's: per layer
+    if trained.get("config"):  # how it was trained, where the kind read back has the field
+        info["config"] = {**info["config"], **{k: v for k, v in trained["config"].items() if k in info["config"]}}
+    if trained.get("seed") is not None:
+        info["seed"] = trained["seed"]
     return OpenedDictionary(set_units(dictionary, info, units), info, source, fmt, side.get("model_config"),
                             side.get("data_config"))
 

@@ -55,4 +55,5 @@ class Native(Format):
             config.model, config.data = runs.model_config, runs.data_config
             config.layer = d.layer if d.layer is not None else config.layer
             config.dictionary = {"_target_": d.meta["kind"], **d.meta["config"]}
+            config.seed = d.meta.get("seed", config.seed)
             (folder / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))

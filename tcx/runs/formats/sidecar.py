@@ -24,8 +24,16 @@ def write_sidecar(folder: Path, runs, d=None) -> None:
             "training_tokens": max(int(x.meta.get("training_tokens") or 0) for x in runs.dictionaries)}
     if d is not None:
         info.update(kind=d.meta["kind"], training_tokens=d.meta.get("training_tokens"),
-                    input_hook=d.input_hook, target_hook=d.target_hook)
+                    input_hook=d.input_hook, target_hook=d.target_hook, **trained_with(d))
+    else:  # a transcoder set: each layer's own
+        info["layers"] = {str(x.layer): trained_with(x) for x in runs.dictionaries}
     write_json(folder / SIDECAR, info)
+
+
+def trained_with(d) -> dict[str, Any]:
+    """The settings a format has no field for (l1_coeff, expansion_factor, the seed): read back, a
+    dictionary says how it was trained, not its kind's defaults."""
+    return {"config": d.meta.get("config"), "seed": d.meta.get("seed")}
 
 
 def read_sidecar(folder: Path) -> dict[str, Any]:
