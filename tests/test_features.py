@@ -353,3 +353,16 @@ def test_a_dictionary_in_another_format_has_its_notes_found_by_circuit_cards(mak
     live = next(f["index"] for f in doc["features"] if not f["dead"])
     card = FeatureNotes(written).circuit_tracer(live)
     assert card is not None and card["examples_quantiles"][0]["examples"]
+
+
+def test_help_shows_the_sub_commands():
+    """Hydra's --help lists config groups only: `study` and `score` were nowhere; `score --help`
+    tried to read a file named --help."""
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "tcx.cli.features", "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "tcx-features study" in shown.stdout and "tcx-features score" in shown.stdout
+    score = subprocess.run([sys.executable, "-m", "tcx.cli.features", "score", "--help"],
+                           capture_output=True, text=True)
+    assert score.returncode == 0 and "usage: tcx-features score <answers.json>" in score.stdout

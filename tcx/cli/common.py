@@ -51,6 +51,13 @@ def quote_paths(argv: list[str]) -> list[str]:
     return out
 
 
+def usage_on_help(doc: str | None, argv: list[str]) -> None:
+    """Hydra's --help lists config groups and keys; the module docstring says how the tool is used
+    (its sub-commands too): print that first."""
+    if doc and any(a in ("-h", "--help") for a in argv):
+        print(doc.strip() + "\n")
+
+
 def report_errors(fn: Callable) -> Callable:
     """A `TcxError` becomes its one-paragraph message on stderr and exit status 1, no traceback."""
 

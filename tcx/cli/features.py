@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tcx.cli.common import CONF_DIR, quote_paths, report_errors, validated
+from tcx.cli.common import CONF_DIR, quote_paths, report_errors, usage_on_help, validated
 from tcx.config import register_configs
 from tcx.errors import ConfigError
 
@@ -57,13 +57,19 @@ def study(cfg: DictConfig) -> None:
 def score(args: list[str]) -> None:
     from tcx.features.study import print_table, score
 
+    usage = "usage: tcx-features score <answers.json> [<key.json>]"
+    if args and args[0] in ("-h", "--help"):
+        print(f"{usage}\n\nUnblinds a study: the share of features you called interpretable, per dictionary.")
+        return
     if not args or len(args) > 2:
-        raise ConfigError("usage: tcx-features score <answers.json> [<key.json>]")
+        raise ConfigError(usage)
     print(print_table(score(*args)))
 
 
 def main() -> None:
     command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command != "score":
+        usage_on_help(__doc__, sys.argv[1:])
     if command == "score":
         score(sys.argv[2:])
     elif command == "study":

@@ -54,7 +54,8 @@ def frontier(rows: list[dict[str, Any]], y: str, labels: list[str], path: Path, 
         front = pareto(list(zip(xs, ys, strict=True)), higher)
         ax.plot([p[0] for p in front], [p[1] for p in front], "-", color=line.get_color(), alpha=0.6)
         for p in points:
-            shown = [k for k in labels if p.get(k) is not None and k != "dictionary.input_site"][:3]
+            shown = sorted((k for k in labels if p.get(k) is not None and k != "dictionary.input_site"),
+                           key=lambda k: k.startswith("dictionary.aux"))[:3]  # AuxK's keys hide TopK's k
             text = ", ".join(f"{k.removeprefix('dictionary.')}={p[k]}" for k in shown)
             if text:
                 ax.annotate(text, (p["l0"], p[y]), fontsize=6, xytext=(3, 3), textcoords="offset points")
