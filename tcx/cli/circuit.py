@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from tcx.circuits.config import QUALITY_COLUMNS
-from tcx.cli.common import CONF_DIR, quote_paths, report_errors, usage_on_help, validated
+from tcx.cli.common import CONF_DIR, hydra_argv, report_errors, validated
 from tcx.config import register_configs
 
 register_configs()
@@ -82,12 +82,11 @@ def quality(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    usage_on_help(__doc__, sys.argv[1:])
-    sys.argv = [sys.argv[0], *quote_paths(sys.argv[1:])]
     if len(sys.argv) > 1 and sys.argv[1] == "quality":
-        sys.argv = [sys.argv[0], *sys.argv[2:]]
+        sys.argv = hydra_argv(__doc__, sys.argv[2:])
         quality()
     else:
+        sys.argv = hydra_argv(__doc__, sys.argv[1:])
         circuit()
 
 

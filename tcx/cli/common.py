@@ -51,11 +51,13 @@ def quote_paths(argv: list[str]) -> list[str]:
     return out
 
 
-def usage_on_help(doc: str | None, argv: list[str]) -> None:
-    """Hydra's --help lists config groups and keys; the module docstring says how the tool is used
-    (its sub-commands too): print that first."""
-    if doc and any(a in ("-h", "--help") for a in argv):
+def hydra_argv(doc: str | None, args: list[str]) -> list[str]:
+    """The `sys.argv` a tool's Hydra app reads for `args` (its sub-command's name taken off): values
+    Hydra would refuse quoted (`quote_paths`). On --help, which in Hydra lists config groups and keys,
+    the tool's docstring, which says how it is used (its sub-commands too), is printed first."""
+    if doc and any(a in ("-h", "--help") for a in args):
         print(doc.strip() + "\n")
+    return [sys.argv[0], *quote_paths(args)]
 
 
 def report_errors(fn: Callable) -> Callable:

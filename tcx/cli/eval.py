@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from tcx.cli.common import CONF_DIR, quote_paths, report_errors, usage_on_help, validated
+from tcx.cli.common import CONF_DIR, hydra_argv, report_errors, validated
 from tcx.config import register_configs
 
 register_configs()
@@ -51,8 +51,7 @@ def evaluate_app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    usage_on_help(__doc__, sys.argv[1:])
-    sys.argv = [sys.argv[0], *quote_paths(sys.argv[1:])]
+    sys.argv = hydra_argv(__doc__, sys.argv[1:])
     evaluate_app()
 
 

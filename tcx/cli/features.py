@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tcx.cli.common import CONF_DIR, quote_paths, report_errors, usage_on_help, validated
+from tcx.cli.common import CONF_DIR, hydra_argv, report_errors, validated
 from tcx.config import register_configs
 from tcx.errors import ConfigError
 
@@ -68,15 +68,13 @@ def score(args: list[str]) -> None:
 
 def main() -> None:
     command = sys.argv[1] if len(sys.argv) > 1 else None
-    if command != "score":
-        usage_on_help(__doc__, sys.argv[1:])
     if command == "score":
         score(sys.argv[2:])
     elif command == "study":
-        sys.argv = [sys.argv[0], *quote_paths(sys.argv[2:])]
+        sys.argv = hydra_argv(__doc__, sys.argv[2:])
         study()
     else:
-        sys.argv = [sys.argv[0], *quote_paths(sys.argv[1:])]
+        sys.argv = hydra_argv(__doc__, sys.argv[1:])
         features()
 
 
