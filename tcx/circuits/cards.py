@@ -18,7 +18,7 @@ from torch import Tensor
 
 from tcx.circuits.nodes import Node
 from tcx.circuits.replacement import ReplacementModel
-from tcx.circuits.replay import Leaves, invariant_replay
+from tcx.models.replay import Leaves, invariant_replay
 from tcx.runs.feature_notes import FeatureNotes
 
 

@@ -16,10 +16,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tcx.circuits.family import Weights
-from tcx.circuits.replay import Frozen, Leaves, Replay
 from tcx.dictionaries.base import Dictionary
 from tcx.errors import ConfigError
+from tcx.models.family import Weights
+from tcx.models.replay import Frozen, Leaves, Replay
 from tcx.runs.record import OpenedDictionary
 
 SUPPORTED = ("relu", "topk", "jumprelu")

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from tcx.circuits.nodes import Node
 from tcx.circuits.replacement import ReplacementModel
-from tcx.circuits.replay import Leaves
+from tcx.models.replay import Leaves
 
 
 class Sources:

@@ -12,8 +12,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tcx.circuits.family import Weights
-from tcx.circuits.replay import invariant_replay
+from tcx.models.family import Weights
+from tcx.models.replay import invariant_replay
 from tcx.runs.record import OpenedDictionary
 
 

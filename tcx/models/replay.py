@@ -27,8 +27,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tcx.circuits.family import Weights
 from tcx.errors import ConfigError
+from tcx.models.family import Weights
 
 
 class Leaves(NamedTuple):
