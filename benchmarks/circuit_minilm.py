@@ -26,7 +26,7 @@ from tcx.circuits.prune import prune_graph, scores
 from tcx.circuits.replacement import ReplacementModel
 from tcx.circuits.run import prompt_tokens
 from tcx.circuits.sources import Sources
-from tcx.circuits.targets import direction_target
+from tcx.circuits.targets.direction import DirectionConfig
 from tcx.runs import open_runs
 
 PROMPT = ("Return the number of seconds between two dates, as a float; raise ValueError when the "
@@ -50,7 +50,7 @@ def main() -> None:
     t = time.perf_counter()
     rm = ReplacementModel.build(lm, runs.dictionaries, tokens, getattr(torch, args.dtype))
     times["clean run + replay check"] = time.perf_counter() - t
-    target = direction_target(rm, probe_file, None, "mean")
+    target = DirectionConfig(path=str(probe_file), pos="mean").resolve(rm)
     t = time.perf_counter()
     graph = attribute(rm, target, args.max_feature_nodes, progress=False)
     times["graph rows"] = time.perf_counter() - t

@@ -6,7 +6,7 @@ Prompts "The war lasted from A to B" with A and B single-token years. The label 
 B there is one prompt with A < B and one with A > B, so anything that reads B alone scores exactly
 chance. The probe (logistic regression on `hook` at B's position) is trained on 80% of the B years
 and tested on prompts whose B it never saw. The control retrains it on shuffled labels. It writes
-`{direction, bias}` for `tcx-circuit target.kind=direction target.path=<out> target.pos=<B's pos>`.
+`{direction, bias}` for `tcx-circuit target=direction target.path=<out> target.pos=<B's pos>`.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> None:
         "shuffled_label_test_accuracy": accuracy(acts[test].double(), labels[test].double(), c_dir, c_bias),
         "each_b_once_per_label": balanced(pairs), "probe": str(out),
         "circuit": (f"tcx-circuit transcoders=<all-layers sweep dir> prompt=\"{TEMPLATE.format(a=a, b=b)}\" "
-                    f"target.kind=direction target.path={out} target.hook={hook} target.pos={pos_b}"),
+                    f"target=direction target.path={out} target.hook={hook} target.pos={pos_b}"),
     }
     print(json.dumps(report, indent=1))
 

@@ -1,21 +1,28 @@
 """Structured configs: the schema Hydra validates at compose time, and the builder for group nodes.
 
-Two kinds of config live in `conf/`:
+Every node of `conf/` is typed by a dataclass, so a misspelt key or a wrong type fails at compose
+time with the key's name:
 
-* The primary config (`conf/train.yaml`) and the `trainer` group are typed by `TrainConfig` and
-  `TrainerConfig` below, registered in Hydra's ConfigStore: a misspelt key or a wrong type fails at
-  compose time with the key's name. (Hydra's `+key=` adds a key even to a typed node: such a key is
-  refused before any work by `refuse_unknown_keys`.)
-* The `model`, `data` and `dictionary` groups are open: each YAML names its config dataclass with
-  `_target_`, so a new kind is one module plus one YAML with no registry to edit. `build_node`
-  checks such a node against its dataclass (unknown keys, types, `__post_init__` rules) before any
-  work starts, and reports the offending key under its full path (`dictionary.l1_coeff`).
+* The primary configs (`conf/train.yaml`, ...) and the `trainer` group by `TrainConfig`,
+  `TrainerConfig` and their siblings below, registered in Hydra's ConfigStore.
+* The `model`, `data`, `dictionary` and `target` groups by the config dataclass each option names with
+  `_target_`: `register_configs` stores every such dataclass as `schema/<group>/<ClassName>`, and
+  the option's YAML extends it through its defaults list (`/schema/dictionary@_here_: ReLUConfig`).
+  A new kind is one module plus one YAML: the schema is found by walking the group's package, with
+  no registry to edit. A YAML outside tcx may leave the line out; its node is then open until
+  `build_node` checks it against its dataclass (unknown keys, types, `__post_init__` rules) before
+  any work starts, and reports the offending key under its full path (`dictionary.l1_coeff`).
+
+Hydra's `+key=` adds a key even to a typed node: such a key is refused before any work by
+`refuse_unknown_keys`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +30,7 @@ from typing import Any, TypeVar
 import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from tcx.errors import CheckpointError, ConfigError
@@ -186,10 +193,50 @@ class EvalConfig:
             raise ValueError(f"dense_threshold={self.dense_threshold} must lie in (0, 1]")
 
 
+SCHEMA_GROUPS = {"model": "tcx.models.spec.ModelSpec", "data": "tcx.data.corpus.Corpus",
+                 "dictionary": "tcx.dictionaries.base.DictionaryConfig",
+                 "target": "tcx.circuits.targets.base.TargetConfig"}
+"""The open groups and the base class of the dataclasses their options name with `_target_`."""
+
+
+def kinds(base: str) -> list[type]:
+    """Every dataclass deriving from `base` in its package (each module imported), and any other
+    imported already."""
+    root = get_class(base)
+    package = root.__module__.rsplit(".", 1)[0]
+    for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        importlib.import_module(f"{package}.{module.name}")
+    found, todo = [], list(root.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if dataclasses.is_dataclass(cls) and cls not in found:
+            found.append(cls)
+    return found
+
+
+def schema(cls: type) -> DictConfig:
+    """`cls` as a typed node that also holds the `_target_` naming it."""
+    node = OmegaConf.structured(cls)
+    with open_dict(node):
+        node["_target_"] = f"{cls.__module__}.{cls.__qualname__}"
+    return node
+
+
+def node_of(config: Any) -> dict[str, Any]:
+    """A config dataclass (what `build_node` returns) as the `_target_` node that builds it again."""
+    cls = type(config)
+    return {"_target_": f"{cls.__module__}.{cls.__qualname__}",
+            **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)}}
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    for group, base in SCHEMA_GROUPS.items():
+        for cls in kinds(base):
+            cs.store(group=f"schema/{group}", name=cls.__name__, node=schema(cls))
     from tcx.circuits.config import CircuitConfig, QualityConfig
 
     cs.store(name="circuit_schema", node=CircuitConfig)
@@ -203,12 +250,14 @@ def register_configs() -> None:
 def refuse_unknown_keys(node: DictConfig, key: str = "") -> None:
     """Hydra's `+key=value` adds a key even to a typed node, where nothing reads it: a misspelt
     setting (`+trainer.max_tokenz=5`) would be dropped without a word. Refuse it, naming the field
-    meant. (Open nodes, `model`, `dictionary`, `data`, are checked by `build_node`.)"""
+    meant. (A group node typed by no schema is checked by `build_node`.)"""
     cls = OmegaConf.get_type(node)
     if not dataclasses.is_dataclass(cls):
         return
     fields = [f.name for f in dataclasses.fields(cls)]
     for name in node:
+        if name == "_target_":  # the dataclass a group node names (`schema`)
+            continue
         path = f"{key}.{name}" if key else str(name)
         if name not in fields:
             near = difflib.get_close_matches(str(name), fields, n=1)

@@ -29,7 +29,6 @@ def test_layer_out_of_range_names_n_layers(make_cfg, tmp_path):
 
 @pytest.mark.parametrize("override, key", [
     ("dictionary.l1_coeff=-1", "dictionary.l1_coeff"),
-    ("dictionary.l1_coeff=abc", "dictionary.l1_coeff"),
     ("dictionary.expansion_factor=-2", "dictionary.expansion_factor"),
     ("dictionary.d_sae=0", "dictionary.d_sae"),
     ("dictionary.encoder_init_norm=0", "dictionary.encoder_init_norm"),
@@ -213,7 +212,9 @@ def test_a_key_left_out_counts_as_its_default_on_resume(make_cfg, tmp_path):
     from omegaconf import OmegaConf
 
     from tcx.training.resume import check_resume_config
-    OmegaConf.save(make_cfg("dictionary=topk", "~dictionary.aux_straight_through"), tmp_path / "config.yaml")
+    saved = OmegaConf.to_container(make_cfg("dictionary=topk"))
+    del saved["dictionary"]["aux_straight_through"]
+    OmegaConf.save(saved, tmp_path / "config.yaml")
     check_resume_config(tmp_path, make_cfg("dictionary=topk", "dictionary.normalize=true"))
     with pytest.raises(ConfigError, match=r"`dictionary\.aux_straight_through` \(True, now False\)"):
         check_resume_config(tmp_path, make_cfg("dictionary=topk", "dictionary.aux_straight_through=false"))

@@ -42,7 +42,7 @@ def circuit(*args: str) -> subprocess.CompletedProcess:
 
 def test_tcx_circuit_writes_every_file(copies, tmp_path):
     out = tmp_path / "c"
-    done = circuit(f"transcoders={copies}", "prompt=cat 12", "target.kind=logit_diff", "target.token=a",
+    done = circuit(f"transcoders={copies}", "prompt=cat 12", "target=logit_diff", "target.token=a",
                    "target.other=b", "search.num_branches=5", f"hydra.run.dir={out}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "top paths:" in done.stdout and "replacement" in done.stdout
@@ -76,13 +76,15 @@ def test_tcx_circuit_writes_every_file(copies, tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["target.token=ab"], "target.token='ab' is 2 tokens"),  # named as tcx-circuit takes it
-    (["target.kind=direction", "target.path=/nonexistent/probe.pt"], "no such file"),
+    (["target=direction", "target.path=/nonexistent/probe.pt"], "no such file"),
     # the replay's name for a pre-norm MLP's input, which the model records under no hook
-    (["target.kind=direction", "target.path=/nonexistent/probe.pt", "target.hook=blocks.0.hook_mlp_in"],
+    (["target=direction", "target.path=/nonexistent/probe.pt", "target.hook=blocks.0.hook_mlp_in"],
      "target.hook='blocks.0.hook_mlp_in' is not a hook"),
-    (["target.kind=logit_diff", "target.token=a"], "target.kind=logit_diff needs target.token and target.other"),
-    (["target.kind=feature", "target.layer=0"], "target.index: target.kind=feature needs target.layer and"),
-    (["target.kind=nonsense"], "kind must be one of"),
+    (["target=logit_diff", "target.token=a"], "target.other: required, and not given"),
+    (["target=feature", "target.layer=0"], "target.index: required, and not given"),
+    (["target=feature", "target.layer=0", "target.index=x"], "target.index"),  # a wrong type, at compose time
+    (["target=logit", "target.other=b"], "Could not override 'target.other'"),  # logit_diff's key
+    (["target=nonsense"], "Could not find 'target/nonsense'"),
     (["prune.node_threshold=2"], "node_threshold must be in"),
 ])
 def test_bad_input_is_one_paragraph(copies, tmp_path, args, message):

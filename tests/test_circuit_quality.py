@@ -16,13 +16,15 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from tcx.circuits.config import QualityConfig, TargetConfig
+from tcx.circuits.config import QualityConfig
 from tcx.circuits.quality import compare_runs, explained, focus, score_run
 from tcx.circuits.stability import average_ranks, decoder_matches, rank_correlation
+from tcx.circuits.targets.direction import DirectionConfig
+from tcx.circuits.targets.logit import LogitDiffConfig
 from tcx.runs.record import OpenedDictionary
 from tests.test_circuits import tiny, transcoder
 
-TARGET = TargetConfig(kind="logit_diff", token="a", other="b")
+TARGET = LogitDiffConfig(token="a", other="b")
 
 
 def settings(**kw) -> QualityConfig:
@@ -139,7 +141,7 @@ def sweep(tmp_path_factory, cache_dir):
 def test_quality_command_scores_a_sweep_and_tcx_compare_shows_it(sweep, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "tcx.cli.circuit", "quality", f"runs={sweep}", "progress=false",
-                           "prompts=[cat, dog 7]", "target.kind=logit_diff", "target.token=a", "target.other=b",
+                           "prompts=[cat, dog 7]", "target=logit_diff", "target.token=a", "target.other=b",
                            "max_feature_nodes=64", f"hydra.run.dir={tmp_path / 'q'}"],
                           capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -180,7 +182,7 @@ def test_runs_whose_features_carry_nothing_to_the_target_get_no_scores(make_cfg,
     lm = tiny(make_cfg)
     torch.save({"direction": torch.randn(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)},
                tmp_path / "probe.pt")
-    target = TargetConfig(kind="direction", path=str(tmp_path / "probe.pt"), hook="blocks.0.hook_out")
+    target = DirectionConfig(path=str(tmp_path / "probe.pt"), hook="blocks.0.hook_out")
     cfg = settings(target=target)
     a, b = transcoder(make_cfg, lm, 1, noise=0.05), transcoder(make_cfg, lm, 1, noise=0.5)
     (ra, ca), (rb, cb) = score_run(lm, a, [], cfg), score_run(lm, b, [], cfg)

@@ -16,7 +16,8 @@ from tcx.circuits.nodes import Node
 from tcx.circuits.paths import search
 from tcx.circuits.replacement import ReplacementModel
 from tcx.circuits.sources import Sources
-from tcx.circuits.targets import feature_target, logit_target
+from tcx.circuits.targets.feature import FeatureConfig
+from tcx.circuits.targets.logit import LogitConfig, LogitDiffConfig
 from tcx.config import build_node
 from tcx.errors import ConfigError
 from tcx.runs.record import OpenedDictionary
@@ -66,14 +67,14 @@ def test_a_transcoder_copying_the_relu_mlp_leaves_zero_error(make_cfg):
     rm = ReplacementModel.build(lm, [transcoder(make_cfg, lm, i) for i in range(2)], tokens(lm, "cat"))
     assert rm.replay_error < 1e-12
     assert max(float(c.error.abs().max()) for c in rm.codes.values()) < 1e-12
-    graph = attribute(rm, logit_target(rm, "a", "b"), progress=False)
+    graph = attribute(rm, LogitDiffConfig(token="a", other="b").resolve(rm), progress=False)
     errors = [i for i, n in enumerate(graph.nodes) if n.kind == "error"]
     assert graph.adjacency[:, errors].abs().max() < 1e-12
 
 
 def test_rows_sum_to_preactivations_from_an_independent_clean_run(make_cfg, noisy):
     rm, lm = noisy, noisy.lm
-    target = logit_target(rm, "a", "b")
+    target = LogitDiffConfig(token="a", other="b").resolve(rm)
     graph = attribute(rm, target, max_feature_nodes=10**6, progress=False)
     hooks = [c.source.input_hook for c in rm.codes.values()]
     clean = lm.run_to(rm.tokens[None], hooks)  # the model's own forward, no replay
@@ -115,7 +116,7 @@ def frozen_hooks(rm, mlp_writes: dict[int, torch.Tensor]) -> list:
 def test_each_edge_is_the_effect_of_ablating_its_source_in_the_frozen_real_model(make_cfg, noisy):
     rm, lm = noisy, noisy.lm
     a, b = lm.encode("a")[0], lm.encode("b")[0]
-    graph = attribute(rm, logit_target(rm, "a", "b"), max_feature_nodes=10**6, progress=False)
+    graph = attribute(rm, LogitDiffConfig(token="a", other="b").resolve(rm), max_feature_nodes=10**6, progress=False)
     clean_mlp = {i: rm.cache[f"blocks.{i}.hook_mlp_out"][0] for i in range(2)}
 
     def metric(mlp_writes):
@@ -152,7 +153,7 @@ def test_direct_edges_match_the_closed_forms_from_the_weights(make_cfg, noisy):
     t = rm.n_pos - 1
     j = int(c1.z[t].argmax())
     direct = Direct(rm, Sources(rm))
-    target = feature_target(rm, 1, j, t)
+    target = FeatureConfig(layer=1, index=j, pos=t).resolve(rm)
     found = direct.contributions(Probe(target.hook, target.cotangent))
     d = w.W_E.shape[1]
     centre = torch.eye(d, dtype=rm.dtype) - 1.0 / d
@@ -182,7 +183,7 @@ def test_direct_edges_match_the_closed_forms_from_the_weights(make_cfg, noisy):
 def test_path_search_is_exact_and_leaves_no_remainder_when_it_keeps_every_branch(make_cfg):
     lm = tiny(make_cfg)
     rm = ReplacementModel.build(lm, [transcoder(make_cfg, lm, i, noise=0.05) for i in range(2)], tokens(lm, "c 1"))
-    target = logit_target(rm, "a", "b")
+    target = LogitDiffConfig(token="a", other="b").resolve(rm)
     root = target.node
     direct = Direct(rm, Sources(rm))
     full = search(direct, target, root, num_iters=2, num_branches=10**7, progress=False)
@@ -227,7 +228,7 @@ def test_replay_reproduces_hub_architectures(make_cfg, tmp_path, model, family):
     rm = ReplacementModel.build(lm, ts, tokens(lm, "the value of a docstring"),
                                 rtol=1e-6 if model == "smollm2" else 1e-9)
     assert rm.weights.family == family
-    graph = attribute(rm, logit_target(rm, "#5", "#7"), progress=False)
+    graph = attribute(rm, LogitDiffConfig(token="#5", other="#7").resolve(rm), progress=False)
     assert graph.row_residual < 1e-6 * max(1.0, float(graph.adjacency.abs().max()))
     assert graph.extra["active_features"] > 10
 
@@ -238,9 +239,9 @@ def test_minilm_post_norm_rows_sum_to_the_clean_run(make_cfg, tmp_path):
     rm = ReplacementModel.build(lm, ts, tokens(lm, "the war lasted from 1735 to 1790"), torch.float64)
     assert rm.weights.family == "post" and rm.replay_error < 1e-5
     torch.save({"direction": torch.randn(384, generator=GEN), "bias": 0.25}, tmp_path / "probe.pt")
-    from tcx.circuits.targets import direction_target
+    from tcx.circuits.targets.direction import DirectionConfig
 
-    target = direction_target(rm, tmp_path / "probe.pt", None, "mean")
+    target = DirectionConfig(path=str(tmp_path / "probe.pt"), pos="mean").resolve(rm)
     graph = attribute(rm, target, progress=False)
     scale = max(1.0, abs(target.value))
     assert abs(float(graph.adjacency[-1].sum()) + target.constant - target.value) < 1e-5 * scale
@@ -262,14 +263,14 @@ def test_bad_input_is_named(make_cfg):
         ReplacementModel.build(lm, [good], tokens(lm, "x" * 80))
     rm = ReplacementModel.build(lm, [good], tokens(lm))
     with pytest.raises(ConfigError, match=r"target.token='ab' is 2 tokens"):
-        logit_target(rm, "ab")
+        LogitConfig(token="ab").resolve(rm)
     with pytest.raises(ConfigError, match="out of range"):
-        feature_target(rm, 0, 10_000, -1)
+        FeatureConfig(layer=0, index=10_000, pos=-1).resolve(rm)
     with pytest.raises(ConfigError, match="has no transcoder"):
-        feature_target(rm, 1, 0, -1)
+        FeatureConfig(layer=1, index=0, pos=-1).resolve(rm)
     silent = int((rm.codes[0].z[-1] == 0).nonzero()[0])
     with pytest.raises(ConfigError, match=f"feature {silent} of layer 0 does not fire"):
-        feature_target(rm, 0, silent, -1)
+        FeatureConfig(layer=0, index=silent, pos=-1).resolve(rm)
 
 
 class FakeDirect:
@@ -304,7 +305,7 @@ def test_skip_transcoder_rows_sum_with_the_skip_live(make_cfg):
             t.dictionary.W_skip.copy_(0.1 * torch.randn(t.dictionary.W_skip.shape, generator=GEN, dtype=torch.float64))
     rm = ReplacementModel.build(lm, ts, tokens(lm))
     assert rm.replay.skips and rm.replay_error < 1e-12
-    graph = attribute(rm, logit_target(rm, "a", "b"), max_feature_nodes=10**6, progress=False)
+    graph = attribute(rm, LogitDiffConfig(token="a", other="b").resolve(rm), max_feature_nodes=10**6, progress=False)
     clean = lm.run_to(rm.tokens[None], [t.input_hook for t in ts])
     for i, n in enumerate(graph.nodes):
         if n.kind == "feature":

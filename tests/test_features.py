@@ -300,7 +300,7 @@ def test_circuit_cards_show_what_tcx_features_read(run, tmp_path):
     doc = json.loads((bank / "transcoder" / "features.json").read_text())
     done = subprocess.run([sys.executable, "-m", "tcx.cli.circuit", "progress=false",
                            f"transcoders={bank / 'transcoder'}", "prompt=the cat sat on the mat",
-                           "target.kind=logit_diff", "target.token=a", "target.other=b", "search.num_branches=3",
+                           "target=logit_diff", "target.token=a", "target.other=b", "search.num_branches=3",
                            "prune.node_threshold=1.0", "prune.edge_threshold=1.0", f"hydra.run.dir={tmp_path / 'c'}"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

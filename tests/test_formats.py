@@ -128,6 +128,8 @@ def test_a_foreign_folder_without_a_known_model_asks_for_one(make_cfg, tmp_path)
         open_runs([tmp_path / "out"])
     opened = open_runs([tmp_path / "out"], model="tiny")
     assert opened.spec.name == "tiny" and opened.data_config["name"] == "python-docs"
+    spec = build_node(make_cfg().model, "model")  # tiny, as a validated tcx-circuit config holds it
+    assert open_runs([tmp_path / "out"], model=spec).spec == spec
     # as the message says, from the command line: `model=` there is the conf/model group (it was refused)
     done = subprocess.run([sys.executable, "-m", "tcx.cli.eval", f"run={tmp_path / 'out'}", "model=tiny",
                            "max_tokens=256", "plots=false", f"out_dir={tmp_path / 'eval'}",

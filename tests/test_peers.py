@@ -116,7 +116,7 @@ def test_circuit_tracer_builds_the_same_attribution_graph(make_cfg, tmp_path):
     from tcx.circuits.graph import attribute
     from tcx.circuits.nodes import Node
     from tcx.circuits.replacement import ReplacementModel
-    from tcx.circuits.targets import logit_target
+    from tcx.circuits.targets.logit import LogitDiffConfig
     from tcx.config import build_node
     from tests.test_hub_models import gpt2
 
@@ -130,7 +130,7 @@ def test_circuit_tracer_builds_the_same_attribution_graph(make_cfg, tmp_path):
     lm = build_node(make_cfg(*model).model, "model").load(dtype="float64")
     tokens = torch.tensor(lm.prefix_ids + lm.encode(prompt))
     rm = ReplacementModel.build(lm, open_runs(runs).dictionaries, tokens)
-    ours = attribute(rm, logit_target(rm, a, b), max_feature_nodes=10**6, progress=False)
+    ours = attribute(rm, LogitDiffConfig(token=a, other=b).resolve(rm), max_feature_nodes=10**6, progress=False)
     script = Path(__file__).parent / "peers" / "circuit_tracer_graph.py"
     done = subprocess.run([python, str(script), str(tmp_path / "ct"), str(tmp_path / "w"), prompt,
                            str(tmp_path / "ct.pt"), a, b], capture_output=True, text=True, timeout=600,

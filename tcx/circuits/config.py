@@ -7,40 +7,10 @@ from typing import Any
 
 from omegaconf import MISSING
 
-TARGET_KINDS = ("logit", "logit_diff", "feature", "direction")
 QUALITY_COLUMNS = ("circuit_explained", "circuit_nodes80", "circuit_replacement", "circuit_completeness",
                    "circuit_stability")
 """What `tcx-circuit quality` (quality.py) adds to a run's metrics.json, and tcx-compare shows."""
 DTYPES = ("float32", "float64", "bfloat16", "float16")
-
-
-@dataclass
-class TargetConfig:
-    kind: str = "logit"
-    """logit | logit_diff (token minus other) | feature (layer, index, pos) | direction (a probe file)."""
-    token: Any = None
-    """logit/logit_diff: the token, as text that is one token (or '#<id>'); null: the model's top
-    prediction at `pos`."""
-    other: Any = None
-    """logit_diff: the token subtracted."""
-    layer: int | None = None
-    index: int | None = None
-    pos: Any = -1
-    """The position (negative from the end); for direction also 'mean' (over all positions)."""
-    path: str | None = None
-    """direction: a .pt/.npy/.safetensors file with the probe's vector (and optional bias)."""
-    hook: str | None = None
-    """direction: the hook it reads (default: the last block's output)."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in TARGET_KINDS:
-            raise ValueError(f"kind must be one of {TARGET_KINDS}, got '{self.kind}'.")
-        # before the model loads: what each kind needs
-        needs = {"logit_diff": ("token", "other"), "feature": ("layer", "index"), "direction": ("path",)}
-        if missing := [k for k in needs.get(self.kind, ()) if getattr(self, k) is None]:
-            wanted = " and ".join(f"target.{k}" for k in needs[self.kind])
-            raise ValueError(f"{missing[0]}: target.kind={self.kind} needs {wanted}"
-                             f"{' (and target.pos)' if self.kind == 'feature' else ''}.")
 
 
 @dataclass
@@ -68,7 +38,10 @@ class SearchConfig:
 class GraphConfig:
     """What every attribution graph needs, whichever command builds it."""
 
-    target: TargetConfig = field(default_factory=TargetConfig)
+    target: Any = None
+    """`target=<conf/target option>`: logit (the default: the model's top prediction at the last
+    position), logit_diff, feature or direction, its node typed by that kind's dataclass; from
+    Python, a `tcx.circuits.targets` config (None: the default logit)."""
     model: Any = None
     """`model=<conf/model option>` (its node, composed like tcx-train's), for folders from other
     tools that do not name a model tcx knows; from Python, the option's name."""

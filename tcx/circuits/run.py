@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 
 from tcx.circuits.cards import Cards
-from tcx.circuits.config import CircuitConfig, GraphConfig, TargetConfig
+from tcx.circuits.config import CircuitConfig, GraphConfig
 from tcx.circuits.direct import Direct
 from tcx.circuits.graph import AttributionGraph, attribute
 from tcx.circuits.nodes import Node
@@ -19,7 +19,8 @@ from tcx.circuits.paths import PathGraph, format_paths, search
 from tcx.circuits.prune import prune_graph, scores
 from tcx.circuits.replacement import ReplacementModel
 from tcx.circuits.sources import Sources
-from tcx.circuits.targets import Target, direction_target, feature_target, logit_target
+from tcx.circuits.targets import Target
+from tcx.circuits.targets.logit import LogitConfig
 from tcx.circuits.write import graph_document, path_document, write_feature_files, write_tensors
 from tcx.errors import ConfigError
 from tcx.io import write_json, write_text
@@ -36,15 +37,6 @@ def prompt_tokens(lm: Any, prompt: str) -> torch.Tensor:
     return torch.tensor(lm.prefix_ids + ids + lm.suffix_ids)
 
 
-def resolve_target(rm: ReplacementModel, t: TargetConfig) -> Target:
-    """`t` as checked by TargetConfig (each kind has what it needs)."""
-    if t.kind in ("logit", "logit_diff"):
-        return logit_target(rm, t.token, t.other if t.kind == "logit_diff" else None, t.pos)
-    if t.kind == "feature":
-        return feature_target(rm, t.layer, t.index, t.pos)
-    return direction_target(rm, t.path, t.hook, t.pos)
-
-
 class Built(NamedTuple):
     """One prompt's attribution graph and what it was computed from."""
 
@@ -58,7 +50,7 @@ def build_graph(lm: Any, dictionaries: list[OpenedDictionary], prompt: str, cfg:
     """The replacement model of `prompt` with `dictionaries` at their layers, and its graph."""
     rm = ReplacementModel.build(lm, dictionaries, prompt_tokens(lm, prompt),
                                 getattr(torch, cfg.replay_dtype) if cfg.replay_dtype else None, cfg.replay_rtol)
-    target = resolve_target(rm, cfg.target)
+    target = (cfg.target or LogitConfig()).resolve(rm)
     sources = Sources(rm)
     return Built(rm, target, sources, attribute(rm, target, cfg.max_feature_nodes, cfg.batch_size, cfg.progress,
                                                 sources))

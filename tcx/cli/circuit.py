@@ -1,11 +1,14 @@
 """`tcx-circuit`: an attribution graph and the paper's path search for one prompt.
 
     tcx-circuit transcoders=outputs/sweeps/all-layers/<date> prompt="The war lasted from 1735 to 17"
-    tcx-circuit transcoders='[runs/L0, runs/L5]' prompt="..." target.kind=logit_diff \
+    tcx-circuit transcoders='[runs/L0, runs/L5]' prompt="..." target=logit_diff \
         target.token=5 target.other=2 search.num_iters=3 search.num_branches=15
-    tcx-circuit transcoders=... prompt="..." target.kind=feature target.layer=4 target.index=12 target.pos=7
-    tcx-circuit transcoders=... prompt="..." target.kind=direction target.path=probe.pt target.pos=mean
-    tcx-circuit quality runs=<sweep dir> 'prompts=["...", "..."]' target...   # circuits across a sweep
+    tcx-circuit transcoders=... prompt="..." target=feature target.layer=4 target.index=12 target.pos=7
+    tcx-circuit transcoders=... prompt="..." target=direction target.path=probe.pt target.pos=mean
+    tcx-circuit quality runs=<sweep dir> 'prompts=["...", "..."]' target=...   # circuits across a sweep
+
+The target is a conf/target/ option (logit, the default: the model's top prediction at the last
+position; logit_diff; feature; direction), each with its own keys.
 
 `quality` scores every run's circuits on a fixed prompt set and compares the runs at each layer
 (circuit_quality.json; the scores go to each run's metrics.json for tcx-compare).

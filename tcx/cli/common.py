@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from tcx.config import CONF_DIR, refuse_unknown_keys  # noqa: F401 - CONF_DIR: the entry points' config root
 from tcx.errors import ConfigError, TcxError
@@ -16,18 +17,21 @@ from tcx.sweeps.plan import quoted
 
 
 def validated(cfg: DictConfig, nested: tuple[str, ...] = ()):
-    """The config as its dataclasses; a value a `__post_init__` refuses is named with its key
-    (`nested`: the sub-configs to check first, so their messages carry their key)."""
+    """The config as its dataclasses; a value a `__post_init__` refuses, or a required one not given,
+    is named with its key (`nested`: the sub-configs to check first, so their messages carry their key)."""
     refuse_unknown_keys(cfg)
     for key in nested:
-        try:
-            OmegaConf.to_object(cfg[key])
-        except ValueError as e:
-            raise ConfigError(f"{key}.{e}") from None
+        _as_object(cfg[key], key)
+    return _as_object(cfg)
+
+
+def _as_object(node: DictConfig, key: str | None = None):
     try:
-        return OmegaConf.to_object(cfg)
+        return OmegaConf.to_object(node)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key}: required, and not given (add {e.full_key}=...).") from None
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(f"{key}.{e}" if key else str(e)) from None
 
 
 _OVERRIDE = re.compile(r"^([+~]{0,2}[\w.@/-]+)=(.*)$", re.DOTALL)

@@ -14,10 +14,11 @@ from jaxtyping import Int
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from tcx.config import CONF_DIR, build_node, compose_train
+from tcx.config import CONF_DIR, build_node, compose_train, node_of
 from tcx.data.windows import load_windows
 from tcx.dictionaries.io import Units
 from tcx.errors import CheckpointError, ConfigError
+from tcx.models.spec import ModelSpec
 from tcx.run_dir import MACHINERY, is_set_aside
 from tcx.runs.formats import FORMATS, Format, known_formats
 from tcx.runs.record import OpenedDictionary, Placed
@@ -61,14 +62,13 @@ def _walk(path: Path, found: dict[Path, Format]) -> None:
 
 
 def model_config_named(name: str) -> dict[str, Any]:
-    """The conf/model/ node whose `name` or hub `path` is `name` (SAELens says `gpt2`, tcx `gpt2-small`)."""
+    """The conf/model/ node whose `name` or hub `path` is `name` (SAELens says `gpt2`, tcx `gpt2-small`),
+    as a run composes it (its schema's defaults included)."""
     options = sorted(Path(CONF_DIR, "model").glob("*.yaml"))
     for option in options:
-        # resolved inside a root, as a composed config holds it: a key that reads the run's
-        # (`${oc.select:cache_dir,...}`) would otherwise read itself
-        node = OmegaConf.to_container(OmegaConf.create({"model": OmegaConf.load(option)}).model, resolve=True)
+        node = OmegaConf.load(option)
         if name in (node.get("name"), node.get("path"), option.stem):
-            return node
+            return OmegaConf.to_container(compose_train([f"model={option.stem}"]).model, resolve=True)
     raise ConfigError(f"model '{name}' is not one tcx knows (conf/model/ has "
                       f"{[o.stem for o in options]}); name one with model=<option>.")
 
@@ -123,10 +123,11 @@ class OpenedRuns:
         return ", ".join(str(d.source) for d in self.dictionaries if hook in (d.input_hook, d.target_hook))
 
 
-def open_runs(paths: list[str | Path], units: Units = "model", model: str | dict | None = None) -> OpenedRuns:
+def open_runs(paths: list[str | Path], units: Units = "model", model: str | dict | ModelSpec | None = None
+              ) -> OpenedRuns:
     """Open every dictionary under `paths` (run dirs, sweep dirs, globs, exported or foreign
     folders) in `units`, all on one model. `model` names a conf/model option for folders that
-    do not say which model they belong to in tcx's terms."""
+    do not say which model they belong to in tcx's terms (or is its node, or its spec)."""
     if not paths:
         raise ConfigError("nothing to open: give run=<run dir> or dictionaries=[dir, ...].")
     dictionaries = [d for path, fmt in find_sources(paths) for d in fmt.read(path, units)]
@@ -134,9 +135,11 @@ def open_runs(paths: list[str | Path], units: Units = "model", model: str | dict
         d.dictionary.eval()  # inference behaviour (BatchTopK's threshold, no AuxK)
     names = {d.meta.get("model") for d in dictionaries} - {None}
     configs = [d.model_config for d in dictionaries if d.model_config]
-    if model is not None:  # a conf/model option's name, or its node (tcx-eval model=<option> composes it)
-        model_config = (model_config_named(model) if isinstance(model, str)
-                        else OmegaConf.to_container(OmegaConf.create(model), resolve=True))
+    if isinstance(model, str):
+        model_config = model_config_named(model)
+    elif model is not None:  # tcx-eval model=<option> composes its node; a validated config holds its spec
+        model_config = node_of(model) if isinstance(model, ModelSpec) else OmegaConf.to_container(
+            OmegaConf.create(model), resolve=True)
     elif configs:
         model_config = configs[0]
     elif len(names) == 1:
