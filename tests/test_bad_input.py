@@ -222,6 +222,23 @@ def test_a_key_left_out_counts_as_its_default_on_resume(make_cfg, tmp_path):
         check_resume_config(tmp_path, make_cfg("dictionary=topk", "dictionary.normalize=false"))
 
 
+def test_a_config_saved_before_its_group_was_typed_resumes(make_cfg, tmp_path):
+    """A run dir's config.yaml from before the model/data/dictionary groups were typed at compose
+    time holds `revision: 4632170` where the field is a str and `expansion_factor: 4` where it is a
+    float: the same values, so the run resumes; a value that differs is still refused."""
+    from omegaconf import OmegaConf
+
+    from tcx.training.resume import check_resume_config
+    saved = OmegaConf.to_container(make_cfg("model=gpt2-small", "model.revision=abc"))
+    saved["model"]["revision"], saved["dictionary"]["expansion_factor"] = 4632170, 4
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    now = make_cfg("model=gpt2-small", "model.revision=4632170")
+    assert now.model.revision == "4632170" and now.dictionary.expansion_factor == 4.0
+    check_resume_config(tmp_path, now)
+    with pytest.raises(ConfigError, match=r"`model\.revision` \('4632170', now '4632171'\)"):
+        check_resume_config(tmp_path, make_cfg("model=gpt2-small", "model.revision=4632171"))
+
+
 def test_resume_refuses_a_trainer_setting_that_changes_what_is_trained(make_cfg, tmp_path):
     """The schedule, precision, AuxK and resampling change the weights: refused, each named. How a
     step runs or what is reported (the model's batch, evaluation, devices, the cache) may change."""

@@ -85,6 +85,8 @@ def test_tcx_circuit_writes_every_file(copies, tmp_path):
     (["target=feature", "target.layer=0", "target.index=x"], "target.index"),  # a wrong type, at compose time
     (["target=logit", "target.other=b"], "Could not override 'target.other'"),  # logit_diff's key
     (["target=nonsense"], "Could not find 'target/nonsense'"),
+    (["target=logit_diff", "target.token=a", "target.other=null"], "full_key: target.other"),  # not a plain logit
+    (["target.kind=logit_diff"], "the target is a config group now: target=logit_diff"),  # the old spelling
     (["prune.node_threshold=2"], "node_threshold must be in"),
 ])
 def test_bad_input_is_one_paragraph(copies, tmp_path, args, message):

@@ -12,7 +12,7 @@ import pytest
 
 from tcx.compare.gather import gather
 from tcx.compare.plots import pareto
-from tcx.compare.table import keep, rank
+from tcx.compare.table import keep, rank, varied
 from tcx.errors import ConfigError
 from tcx.training.run import train
 
@@ -145,3 +145,11 @@ def test_runs_without_the_ranking_metric_stay_in_the_table_last(tmp_path):
     best = subprocess.run([sys.executable, "-m", "tcx.cli.compare", str(tmp_path), "--best", "l0<=100",
                            "--by", "unfired_fraction"], capture_output=True, text=True)
     assert best.stdout.strip() == str(tmp_path / "a")
+
+
+def test_equal_numbers_saved_as_int_and_float_do_not_vary():
+    """A run saved before the dictionary group was typed holds expansion_factor 4, a later one 4.0:
+    no column for a setting the runs share."""
+    rows = [{"dictionary.expansion_factor": 4, "dictionary.l1_coeff": 1.0},
+            {"dictionary.expansion_factor": 4.0, "dictionary.l1_coeff": 3.0}]
+    assert varied(rows) == ["dictionary.l1_coeff"]

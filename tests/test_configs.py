@@ -230,3 +230,17 @@ def test_callbacks_come_from_their_group_each_switchable(make_cfg, tmp_path):
     assert added[-1] is LearningRateMonitor
     with pytest.raises(ConfigError, match=r"callbacks\.bad built a dict"):
         built("+callbacks.bad={_target_: builtins.dict}")
+
+
+def test_a_refused_value_in_a_typed_node_is_named_with_its_key(tmp_path):
+    """tcx-eval, tcx-features and tcx-circuit turn their config into dataclasses: a value a node's
+    `__post_init__` refuses is named under the node's key (`model.ctx_len`, not `ctx_len`)."""
+    from hydra import compose, initialize_config_dir
+
+    from tcx.cli.common import validated
+    from tcx.errors import ConfigError
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[f"run={tmp_path}", "model=tiny", "model.ctx_len=2"])
+    with pytest.raises(ConfigError, match=r"^model\.ctx_len must be at least 4"):
+        validated(cfg)

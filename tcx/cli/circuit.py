@@ -37,7 +37,7 @@ register_configs()
 def circuit(cfg: DictConfig) -> None:
     from tcx.circuits.run import run_circuit
 
-    out = run_circuit(validated(cfg, ("target", "prune", "search")), HydraConfig.get().runtime.output_dir)
+    out = run_circuit(validated(cfg), HydraConfig.get().runtime.output_dir)
     s = out["summary"]
     print(f"\n{s['model']}: {s['tokens']} tokens, transcoders at layers {s['transcoder_layers']}")
     print(f"target {s['target']} = {s['target_value']:.4f}   replay error {s['replay_error']:.1e}   "
@@ -61,7 +61,7 @@ def quality(cfg: DictConfig) -> None:
     from tcx.circuits.quality import circuit_quality, mean
     from tcx.compare.table import as_text
 
-    settings = validated(cfg, ("target", "prune"))
+    settings = validated(cfg)
     out = Path(settings.out_dir or HydraConfig.get().runtime.output_dir)
     doc = circuit_quality(settings, out)
     print(f"\n{len(doc['runs'])} runs x {len(doc['prompts'])} prompts ({doc['tokens']:,} tokens), target "
@@ -85,6 +85,9 @@ def quality(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    if kind := next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("target.kind=")), None):
+        raise SystemExit(f"error: target.kind={kind}: the target is a config group now: target={kind} "
+                         "(its keys as before: target.token=..., target.layer=..., ...).")
     if len(sys.argv) > 1 and sys.argv[1] == "quality":
         sys.argv = hydra_argv(__doc__, sys.argv[2:])
         quality()

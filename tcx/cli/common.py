@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
@@ -16,12 +17,15 @@ from tcx.errors import ConfigError, TcxError
 from tcx.sweeps.plan import quoted
 
 
-def validated(cfg: DictConfig, nested: tuple[str, ...] = ()):
+def validated(cfg: DictConfig):
     """The config as its dataclasses; a value a `__post_init__` refuses, or a required one not given,
-    is named with its key (`nested`: the sub-configs to check first, so their messages carry their key)."""
+    is named with its key (each typed node, `model`, `target`, `prune`, ..., is checked first, so
+    its message carries its key)."""
     refuse_unknown_keys(cfg)
-    for key in nested:
-        _as_object(cfg[key], key)
+    for key in cfg:
+        child = cfg._get_node(key)
+        if isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
+            _as_object(child, str(key))
     return _as_object(cfg)
 
 

@@ -67,7 +67,12 @@ def rank(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
 def varied(rows: list[dict[str, Any]]) -> list[str]:
     """Config keys whose value differs between runs: what the comparison is about."""
     keys = sorted({k for r in rows for k in r if k.startswith("dictionary.") or k in ("layer", "model", "seed")})
-    return [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]
+    return [k for k in keys if len({_comparable(r.get(k)) for r in rows}) > 1]
+
+
+def _comparable(value: Any) -> Any:
+    """4 and 4.0 are one value (a config saved before its group was typed holds the int)."""
+    return value if isinstance(value, (int, float, str, type(None))) else str(value)
 
 
 def as_text(rows: list[dict[str, Any]], columns: list[str]) -> str:

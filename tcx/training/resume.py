@@ -8,6 +8,7 @@ import importlib
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from tcx.config import TrainerConfig, load_config
 from tcx.errors import ConfigError
@@ -29,25 +30,39 @@ _SCHEMAS = {"trainer": TrainerConfig}
 
 def _leaves(value, prefix: str) -> dict[str, object]:
     if isinstance(value, dict):
-        value = {**_defaults(value.get("_target_") or _SCHEMAS.get(prefix)), **value}
+        value = _typed(value, _config_class(value.get("_target_") or _SCHEMAS.get(prefix)))
         return {k: v for key, sub in value.items() for k, v in _leaves(sub, f"{prefix}.{key}").items()}
     if prefix.endswith("._target_") and isinstance(value, str):
         value = moved_target(value)  # run dirs from before a class moved name it by its old path
     return {prefix: value}
 
 
-def _defaults(target) -> dict[str, object]:
-    """The default of each field of a `_target_` node's config dataclass: a key its YAML leaves out
-    (or that a run dir's saved config predates) counts as that value."""
-    if isinstance(target, str):  # a config class; a callback's factory (`AuxK.build`) has no defaults
+def _config_class(target) -> type | None:
+    """The config dataclass a node names with `_target_` (or is typed by); None for anything else
+    (a callback's factory, `AuxK.build`, or a class gone since: its saved keys alone are compared)."""
+    if isinstance(target, str):
         module, _, name = moved_target(target).rpartition(".")
         try:
             target = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError, ValueError):  # a class gone since: the saved keys alone
-            return {}
-    if not dataclasses.is_dataclass(target):
-        return {}
-    return {f.name: f.default for f in dataclasses.fields(target) if f.default is not dataclasses.MISSING}
+        except (ImportError, AttributeError, ValueError):
+            return None
+    return target if dataclasses.is_dataclass(target) else None
+
+
+def _typed(node: dict, cls: type | None) -> dict:
+    """`node` as its config dataclass types it: a key it lacks (that its YAML leaves out, or that a
+    run dir's saved config predates) is the field's default, and each value has the field's type (a
+    config saved before its group was typed at compose time holds `revision: 4632170` where the field
+    is a str, `expansion_factor: 8` where it is a float)."""
+    if cls is None:
+        return node
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        typed = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(cls),
+                                                       {k: v for k, v in node.items() if k in names}))
+    except OmegaConfBaseException:  # a value its field's type no longer takes: compared as saved
+        return node
+    return {**{k: v for k, v in typed.items() if v != "???"}, **{k: v for k, v in node.items() if k not in names}}
 
 
 def check_resume_config(run_dir: Path, cfg: DictConfig, trained: str | None = None) -> None:

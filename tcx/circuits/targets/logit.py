@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from omegaconf import MISSING
@@ -34,7 +33,7 @@ def logit_target(rm, token: str | int | None, other: str | int | None, pos: int 
 
 @dataclass(kw_only=True)
 class LogitConfig(TargetConfig):
-    token: Any = None
+    token: str | None = None
     """The token, as text that is one token (or '#<id>'); null: the model's top prediction at `pos`."""
 
     def resolve(self, rm) -> Target:
@@ -43,9 +42,9 @@ class LogitConfig(TargetConfig):
 
 @dataclass(kw_only=True)
 class LogitDiffConfig(TargetConfig):
-    token: Any = MISSING
+    token: str = MISSING
     """The token whose logit counts, as text that is one token (or '#<id>')."""
-    other: Any = MISSING
+    other: str = MISSING
     """The token whose logit is subtracted."""
 
     def resolve(self, rm) -> Target:
