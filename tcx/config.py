@@ -196,7 +196,8 @@ class EvalConfig:
 SCHEMA_GROUPS = {"model": "tcx.models.spec.ModelSpec", "data": "tcx.data.corpus.Corpus",
                  "dictionary": "tcx.dictionaries.base.DictionaryConfig",
                  "target": "tcx.circuits.targets.base.TargetConfig"}
-"""The open groups and the base class of the dataclasses their options name with `_target_`."""
+"""The groups whose options name their config dataclass with `_target_`, and the base class of
+those dataclasses: each of its subclasses is stored as `schema/<group>/<ClassName>`."""
 
 
 def kinds(base: str) -> list[type]:

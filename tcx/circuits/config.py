@@ -44,7 +44,7 @@ class GraphConfig:
     Python, a `tcx.circuits.targets` config (None: the default logit)."""
     model: Any = None
     """`model=<conf/model option>` (its node, composed like tcx-train's), for folders from other
-    tools that do not name a model tcx knows; from Python, the option's name."""
+    tools that do not name a model tcx knows; from Python, the option's name or a `ModelSpec`."""
     model_dtype: str | None = None
     """The clean run's dtype (default: what the transcoders were trained with)."""
     replay_dtype: str | None = None
