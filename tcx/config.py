@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -216,18 +217,30 @@ def kinds(base: str) -> list[type]:
     return found
 
 
+def target_path(cls: type) -> str:
+    """What a `_target_` names `cls` by."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def schema(cls: type) -> DictConfig:
     """`cls` as a typed node that also holds the `_target_` naming it."""
     node = OmegaConf.structured(cls)
     with open_dict(node):
-        node["_target_"] = f"{cls.__module__}.{cls.__qualname__}"
+        node["_target_"] = target_path(cls)
     return node
+
+
+@functools.cache
+def _group_schemas() -> list[tuple[str, str, DictConfig]]:
+    """(group, name, node) of every group schema: built once a process (compose_train registers the
+    configs again on every call)."""
+    return [(f"schema/{group}", cls.__name__, schema(cls)) for group, base in SCHEMA_GROUPS.items()
+            for cls in kinds(base)]
 
 
 def node_of(config: Any) -> dict[str, Any]:
     """A config dataclass (what `build_node` returns) as the `_target_` node that builds it again."""
-    cls = type(config)
-    return {"_target_": f"{cls.__module__}.{cls.__qualname__}",
+    return {"_target_": target_path(type(config)),
             **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)}}
 
 
@@ -235,9 +248,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
-    for group, base in SCHEMA_GROUPS.items():
-        for cls in kinds(base):
-            cs.store(group=f"schema/{group}", name=cls.__name__, node=schema(cls))
+    for group, name, node in _group_schemas():
+        cs.store(group=group, name=name, node=node)
     from tcx.circuits.config import CircuitConfig, QualityConfig
 
     cs.store(name="circuit_schema", node=CircuitConfig)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from safetensors.torch import load_file
 
-from tcx.config import build_node
+from tcx.config import build_node, target_path
 from tcx.dictionaries.base import Dictionary
 from tcx.errors import CheckpointError, ConfigError
 from tcx.io import save_tensors, write_json
@@ -33,7 +33,7 @@ Units = Literal["model", "normalised"]
 def describe(dictionary: Dictionary) -> dict[str, Any]:
     """What rebuilds an empty dictionary of this kind and size: kind, config, widths."""
     cfg = dictionary.cfg
-    return {"kind": f"{type(cfg).__module__}.{type(cfg).__qualname__}", "config": dataclasses.asdict(cfg),
+    return {"kind": target_path(type(cfg)), "config": dataclasses.asdict(cfg),
             "d_in": dictionary.d_in, "d_out": dictionary.d_out, "d_sae": dictionary.d_sae}
 
 
